@@ -1,0 +1,26 @@
+//! The `memtide` command line: one module per subcommand, dispatched from [`run`].
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 bad input (clap's own usage errors are 2 too).
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// memtide: a KVM virtual machine monitor and guest-memory balloon service.
+#[derive(Debug, Parser)]
+#[command(name = "memtide", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands of `memtide`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+}
+
+/// Parses the process arguments, runs the subcommand and returns the process exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {}
+}

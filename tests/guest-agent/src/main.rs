@@ -1,0 +1,3 @@
+//! memtide's guest agent (runs inside test guests).
+
+fn main() {}
