@@ -22,7 +22,9 @@ pub const PAGEBLOCK_NR_PAGES: u64 = 1 << PAGEBLOCK_ORDER;
 pub const MAX_NUMNODES: usize = 64;
 
 /// A page frame number: a physical address shifted right by [`PAGE_SHIFT`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Pfn(pub u64);
 
 impl Pfn {
@@ -47,7 +49,9 @@ impl fmt::Display for Pfn {
 }
 
 /// A NUMA node id.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct NodeId(pub u32);
 
 impl fmt::Display for NodeId {
@@ -57,7 +61,9 @@ impl fmt::Display for NodeId {
 }
 
 /// A buddy order: a block of order `n` holds `1 << n` pages.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Order(pub u32);
 
 impl Order {
@@ -82,7 +88,12 @@ pub enum ZoneType {
 
 impl ZoneType {
     /// All zone types, lowest first (`MAX_NR_ZONES` entries, without ZONE_DEVICE).
-    pub const ALL: [ZoneType; 4] = [ZoneType::Dma, ZoneType::Dma32, ZoneType::Normal, ZoneType::Movable];
+    pub const ALL: [ZoneType; 4] = [
+        ZoneType::Dma,
+        ZoneType::Dma32,
+        ZoneType::Normal,
+        ZoneType::Movable,
+    ];
 
     /// The kernel's name for the zone, as printed in `/proc/zoneinfo`.
     pub const fn name(self) -> &'static str {
@@ -124,8 +135,11 @@ pub enum MigrateType {
 impl MigrateType {
     /// Migrate types that have free lists allocations may take from
     /// (`MIGRATE_PCPTYPES`).
-    pub const PCPTYPES: [MigrateType; 3] =
-        [MigrateType::Unmovable, MigrateType::Movable, MigrateType::Reclaimable];
+    pub const PCPTYPES: [MigrateType; 3] = [
+        MigrateType::Unmovable,
+        MigrateType::Movable,
+        MigrateType::Reclaimable,
+    ];
 
     /// The name used in `/proc/pagetypeinfo`.
     pub const fn name(self) -> &'static str {
@@ -136,5 +150,37 @@ impl MigrateType {
             MigrateType::HighAtomic => "HighAtomic",
             MigrateType::Isolate => "Isolate",
         }
+    }
+}
+
+/// One zone of one node as zone layout computed it: the input from which the buddy allocator
+/// builds that zone's free lists. Produced by the zone layout (`layout`) for the host memory map,
+/// consumed by the pool (`buddy`).
+///
+/// Invariants: `present_ranges` are sorted, disjoint, non-empty half-open pfn ranges inside
+/// `[zone_start_pfn, zone_start_pfn + spanned_pages)`, and their lengths add up to
+/// `present_pages()`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneDescriptor {
+    /// The node the zone belongs to.
+    pub node: NodeId,
+    /// Which zone of the node.
+    pub zone: ZoneType,
+    /// First pfn the zone spans (`zone->zone_start_pfn`).
+    pub zone_start_pfn: Pfn,
+    /// Pages the zone spans, holes included (`zone->spanned_pages`).
+    pub spanned_pages: u64,
+    /// The memory that exists inside the span, as half-open pfn ranges `(start, end)`.
+    pub present_ranges: Vec<(Pfn, Pfn)>,
+}
+
+impl ZoneDescriptor {
+    /// Pages that exist in the zone (`zone->present_pages`).
+    pub fn present_pages(&self) -> u64 {
+        self.present_ranges.iter().map(|(s, e)| e.0 - s.0).sum()
+    }
+    /// One past the last pfn the zone spans (`zone_end_pfn()`).
+    pub fn zone_end_pfn(&self) -> Pfn {
+        Pfn(self.zone_start_pfn.0 + self.spanned_pages)
     }
 }

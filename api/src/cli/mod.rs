@@ -16,8 +16,7 @@ pub struct Cli {
 
 /// The subcommands of `memtide`.
 #[derive(Debug, Subcommand)]
-pub enum Command {
-}
+pub enum Command {}
 
 /// Parses the process arguments, runs the subcommand and returns the process exit code.
 pub fn run() -> ExitCode {
