@@ -2,6 +2,8 @@
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 bad input (clap's own usage errors are 2 too).
 
+pub mod zones;
+
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -16,10 +18,15 @@ pub struct Cli {
 
 /// The subcommands of `memtide`.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Show the zone layout Linux 6.1 computes for a memory map and kernelcore=/movablecore=.
+    Zones(zones::ZonesArgs),
+}
 
 /// Parses the process arguments, runs the subcommand and returns the process exit code.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Zones(args) => zones::run(&args),
+    }
 }
