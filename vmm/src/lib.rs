@@ -1,3 +1,23 @@
-//! memtide's virtual machine monitor: builds a VM from a `VmConfig`, backs its RAM with pages
+//! memtide's virtual machine monitor: builds a VM from a [`VmConfig`], backs its RAM with pages
 //! from the host pool (`memtide-allocator`), boots an unmodified Linux bzImage on KVM and runs
-//! its devices (serial console, virtio-mmio, virtio-mem, virtio-balloon).
+//! its devices (serial console, and later virtio-mmio, virtio-mem, virtio-balloon).
+//!
+//! Flow: [`config`] (pure validation) → [`vm::Vm::new`] (kernel checks, KVM VM with in-kernel
+//! irqchip and PIT, [`memory`] from the pool, [`boot`] images and zero page, [`acpi`] tables,
+//! [`devices`], [`cpu`] vCPUs) → [`vm::Vm::run`] (one thread per vCPU, the [`event_loop`] on
+//! the calling thread) → an [`exit::ExitReason`].
+
+pub mod acpi;
+pub mod boot;
+pub mod config;
+pub mod cpu;
+pub mod devices;
+pub mod event_loop;
+pub mod exit;
+pub mod layout;
+pub mod memory;
+pub mod vm;
+
+pub use config::{NumaNodeConfig, SerialOutput, VmConfig};
+pub use exit::ExitReason;
+pub use vm::{Vm, VmError};

@@ -1,0 +1,7 @@
+//! vCPUs: CPUID with a coherent topology ([`cpuid`]), boot MSRs ([`msrs`]), the 64-bit boot
+//! register state ([`regs`]) and the run loop each vCPU thread executes ([`vcpu`]).
+
+pub mod cpuid;
+pub mod msrs;
+pub mod regs;
+pub mod vcpu;

@@ -1,0 +1,169 @@
+//! Host memory behind guest RAM: one memfd per host NUMA node, bound to that node with
+//! `mbind(MPOL_BIND)`, so every page the kernel ever allocates for it comes from that node.
+//! The pool hands out offsets into these memfds; guest ranges map them.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::Path;
+
+/// `MPOL_BIND` from include/uapi/linux/mempolicy.h.
+const MPOL_BIND: libc::c_int = 2;
+
+/// Errors while creating the per-node memfds.
+#[derive(Debug, thiserror::Error)]
+pub enum HostMemoryError {
+    /// The host has no such NUMA node.
+    #[error("host NUMA node {0} does not exist (see /sys/devices/system/node)")]
+    NoSuchNode(u32),
+    /// memfd_create failed.
+    #[error("memfd_create for host node {0}: {1}")]
+    MemfdCreate(u32, std::io::Error),
+    /// ftruncate of the memfd failed.
+    #[error("sizing the memfd of host node {0} to {1} bytes: {2}")]
+    Truncate(u32, u64, std::io::Error),
+    /// Mapping the memfd to bind it failed.
+    #[error("mapping the memfd of host node {0} for mbind: {1}")]
+    Mmap(u32, std::io::Error),
+    /// mbind failed.
+    #[error("mbind of the memfd to host node {0}: {1}")]
+    Mbind(u32, std::io::Error),
+}
+
+/// Whether host node `node` exists. A kernel without NUMA support has no
+/// /sys/devices/system/node; it then has exactly node 0.
+pub fn host_node_exists(node: u32) -> bool {
+    let base = Path::new("/sys/devices/system/node");
+    if !base.exists() {
+        return node == 0;
+    }
+    base.join(format!("node{node}")).exists()
+}
+
+/// The memfds backing guest RAM, one per host NUMA node.
+#[derive(Debug)]
+pub struct HostMemory {
+    memfds: BTreeMap<u32, File>,
+}
+
+impl HostMemory {
+    /// Creates one memfd of `size` bytes (sparse) per `(host node, size)` and binds its pages
+    /// to that node.
+    pub fn new(nodes: &[(u32, u64)]) -> Result<Self, HostMemoryError> {
+        let mut memfds = BTreeMap::new();
+        for &(node, size) in nodes {
+            if !host_node_exists(node) {
+                return Err(HostMemoryError::NoSuchNode(node));
+            }
+            let file = create_memfd(node)?;
+            file.set_len(size)
+                .map_err(|e| HostMemoryError::Truncate(node, size, e))?;
+            if size > 0 {
+                bind_to_node(&file, node, size)?;
+            }
+            memfds.insert(node, file);
+        }
+        Ok(HostMemory { memfds })
+    }
+
+    /// The memfd of host node `node`.
+    pub fn memfd(&self, node: u32) -> Option<&File> {
+        self.memfds.get(&node)
+    }
+
+    /// The host nodes that have a memfd.
+    pub fn nodes(&self) -> impl Iterator<Item = u32> + '_ {
+        self.memfds.keys().copied()
+    }
+}
+
+fn create_memfd(node: u32) -> Result<File, HostMemoryError> {
+    let name = CString::new(format!("memtide-node{node}")).map_err(|e| {
+        HostMemoryError::MemfdCreate(
+            node,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        )
+    })?;
+    // SAFETY: `name` is a valid NUL-terminated string; the flags are valid.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(HostMemoryError::MemfdCreate(
+            node,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Sets the shared memory policy of the memfd's pages to MPOL_BIND(node). For shmem the
+/// policy set through a shared mapping is stored with the file (`shmem_set_policy`), so it
+/// outlives the temporary mapping and applies to every later mapping of the memfd.
+fn bind_to_node(file: &File, node: u32, size: u64) -> Result<(), HostMemoryError> {
+    if !Path::new("/sys/devices/system/node").exists() {
+        // No NUMA in this kernel: there is only node 0 and nothing to bind.
+        return Ok(());
+    }
+    let len = usize::try_from(size).map_err(|_| {
+        HostMemoryError::Mmap(node, std::io::Error::from_raw_os_error(libc::EOVERFLOW))
+    })?;
+    // SAFETY: a fresh shared mapping of our own memfd at an address the kernel picks; no
+    // existing memory is affected.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_SHARED | libc::MAP_NORESERVE,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(HostMemoryError::Mmap(node, std::io::Error::last_os_error()));
+    }
+    let mut mask = [0 as libc::c_ulong; 16];
+    let bits = libc::c_ulong::BITS;
+    mask[(node / bits) as usize % 16] |= 1 << (node % bits);
+    let maxnode = (mask.len() as libc::c_ulong) * libc::c_ulong::from(bits) + 1;
+    // SAFETY: `addr..addr+len` is the mapping created above; `mask` outlives the call and
+    // holds `maxnode - 1` bits.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mbind,
+            addr,
+            len,
+            MPOL_BIND,
+            mask.as_ptr(),
+            maxnode,
+            0u32,
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: unmapping exactly the mapping created above.
+    unsafe { libc::munmap(addr, len) };
+    if rc != 0 {
+        return Err(HostMemoryError::Mbind(node, err));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_zero_memfd_is_created_and_bound() {
+        let hm = HostMemory::new(&[(0, 8 << 20)]).expect("node 0 exists everywhere");
+        let f = hm.memfd(0).expect("memfd of node 0");
+        assert_eq!(f.metadata().expect("stat").len(), 8 << 20);
+        assert!(hm.memfd(1).is_none());
+    }
+
+    #[test]
+    fn missing_node_is_an_error() {
+        let err = HostMemory::new(&[(999, 8 << 20)]).expect_err("no host has node 999");
+        assert!(matches!(err, HostMemoryError::NoSuchNode(999)));
+    }
+}
