@@ -1,3 +1,90 @@
 //! memtide's integration-test ground: builds the guest image (Debian kernel, initramfs with
 //! busybox, virtio modules and the guest agent), selects a KVM host that can boot Linux
 //! (hardware KVM, or the emulated KVM host under QEMU TCG) and drives guests in it.
+//!
+//! # How a test boots guests
+//!
+//! ```no_run
+//! use memtide_testbed::{GuestImage, HostConfig, KvmHost, QemuGuest, Timeline};
+//! use std::time::Duration;
+//!
+//! # fn main() -> memtide_testbed::Result<()> {
+//! let mut t = Timeline::new("my-test");
+//! // 1. The guest image (cached under $MEMTIDE_CACHE or <workspace>/target/memtide-cache).
+//! let image = GuestImage::ensure()?;
+//! // 2. The host: prints which kind and why; fails if there is none (never skip).
+//! let cfg = HostConfig {
+//!     nodes_mib: vec![1024, 1024],             // host NUMA nodes (emulated host only)
+//!     image: Some(image),
+//!     extra_binaries: vec!["target/release/memtide".into()], // at /bin/memtide in the host
+//!     forward_ports: vec![8080],               // host port 8080 <- 127.0.0.1:<free port>
+//!     ..HostConfig::default()
+//! };
+//! let (_selection, host) = KvmHost::start(&cfg)?;
+//! // 3. A guest: argv (paths as the host sees them) runs with its stdio on a guest console.
+//! //    boot_guest applies the dead-boot policy (at most 2 more boots, printed).
+//! let memtide = host.binary("memtide")?;
+//! let mut guest = host.boot_guest("a", Duration::from_secs(60), |_attempt| {
+//!     vec![memtide.clone(), "run".into(), "--kernel".into(), host.guest_kernel(),
+//!          "--initrd".into(), host.guest_initrd(), "--memory".into(), "512M".into()]
+//! })?;
+//! t.mark_at("agent ready", guest.agent_at().unwrap_or_else(std::time::Instant::now));
+//! // 4. Talk to the guest agent.
+//! let report = guest.report()?;
+//! assert_eq!(report.managed_kib(), report.mem_total_kib);
+//! guest.fill(64)?;
+//! guest.verify()?;
+//! guest.free()?;
+//! // 5. Host commands, e.g. the memtide CLI against a service started in the host.
+//! let out = host.check("cat /sys/devices/system/node/online", Duration::from_secs(10))?;
+//! assert_eq!(out.lines, vec!["0-1"]);
+//! // 6. Power off; the VMM's exit status comes back. Drops reap everything by pid.
+//! assert_eq!(guest.poweroff(Duration::from_secs(30))?, 0);
+//! // QEMU as the reference VMM: QemuGuest::default().argv(&host)?
+//! # let _ = QemuGuest::default();
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Pieces
+//! - [`image`]: [`GuestImage::ensure`] / [`GuestImage::build`] (also `memtide image build`).
+//! - [`host`]: [`Selection::detect`], [`KvmHost`] (hardware or emulated, one interface),
+//!   [`QemuGuest`] (QEMU `-accel kvm` as reference VMM).
+//! - [`emulated`]: [`EmulatedHost`] and [`HostConfig`]; guests run on the host's ttyS1..3
+//!   ([`emulated::GUEST_SLOTS`] at once), host commands on ttyS0 ([`shell`]).
+//! - [`guest`]: [`Guest`] (agent commands, VMM exit) and [`Report`].
+//! - [`console`]: [`Console`] (`send_line`, `wait_for_line`, `wait_for`, timestamps).
+//! - [`retry`]: [`retry_boot`], the dead-boot policy of KVM-HOST.md.
+//! - [`timing`]: [`Timeline`], [`say`] (prints past libtest's capture), [`process_age`].
+//! - The agent's line protocol is `memtide_guest_agent::protocol` (re-exported as
+//!   [`protocol`]).
+//!
+//! Environment: `MEMTIDE_CACHE` (cache dir), `MEMTIDE_KVM_HOST=emulated|hardware` (force a
+//! host kind), `MEMTIDE_CONSOLE_ECHO=1` (print every console line to stderr). Console logs of
+//! emulated hosts are kept in `<cache>/logs`.
+
+pub mod cache;
+pub mod console;
+pub mod cpio;
+pub mod debian;
+pub mod emulated;
+pub mod error;
+pub mod guest;
+pub mod host;
+pub mod image;
+pub mod kmod;
+pub mod ldd;
+pub mod retry;
+pub mod shell;
+pub mod timing;
+pub mod tools;
+
+pub use console::{Console, Line};
+pub use emulated::{EmulatedHost, HostConfig};
+pub use error::{Error, Result};
+pub use guest::{Guest, Report};
+pub use host::{HostKind, KvmHost, Machine, QemuGuest, Selection};
+pub use image::{GuestImage, ImageConfig};
+pub use memtide_guest_agent::protocol;
+pub use retry::{retry_boot, Policy};
+pub use timing::{process_age, say, Timeline};

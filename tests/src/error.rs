@@ -1,0 +1,137 @@
+//! The harness's error type. Two groups matter to the retry policy (see [`crate::retry`]):
+//! a dead or silent guest ([`Error::is_dead_guest`]) and a dead host
+//! ([`Error::is_dead_host`]); everything else is a real failure and is never retried.
+
+use crate::console::ConsoleError;
+use crate::cpio::CpioError;
+use crate::kmod::KmodError;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Errors of the test harness.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An external command could not be run or failed.
+    #[error("`{cmd}` failed: {detail}")]
+    Command {
+        /// The command line.
+        cmd: String,
+        /// Exit status and stderr, or the spawn error.
+        detail: String,
+    },
+    /// A tool the harness needs is not installed.
+    #[error("{tool} is not installed: {hint}")]
+    ToolMissing {
+        /// The tool.
+        tool: String,
+        /// How to get it.
+        hint: String,
+    },
+    /// The Debian kernel package cannot be resolved or fetched.
+    #[error("guest kernel: {0}")]
+    Kernel(String),
+    /// Building an archive failed.
+    #[error(transparent)]
+    Cpio(#[from] CpioError),
+    /// Resolving kernel modules failed.
+    #[error(transparent)]
+    Kmod(#[from] KmodError),
+    /// Neither hardware KVM nor the emulated host can be used.
+    #[error("no usable KVM host: {0}")]
+    NoUsableHost(String),
+    /// Bad configuration given to the harness.
+    #[error("bad harness configuration: {0}")]
+    Config(String),
+    /// The emulated host died or never became ready (no ready/end marker).
+    #[error("emulated KVM host is dead: {reason}; last console lines:\n{tail}")]
+    HostDied {
+        /// What happened.
+        reason: String,
+        /// The host console's last lines.
+        tail: String,
+    },
+    /// The guest's VMM exited before the guest agent spoke (a reset or a crash at boot).
+    #[error("guest {label}: VMM exited{status} before the guest agent's first line; last lines:\n{tail}")]
+    GuestDied {
+        /// The guest's label.
+        label: String,
+        /// ` with status N` when known.
+        status: String,
+        /// The guest console's last lines.
+        tail: String,
+    },
+    /// The guest printed no agent line within the timeout.
+    #[error("guest {label}: no guest agent line within {waited:?}; last lines:\n{tail}")]
+    GuestSilent {
+        /// The guest's label.
+        label: String,
+        /// How long we waited.
+        waited: Duration,
+        /// The guest console's last lines.
+        tail: String,
+    },
+    /// A console wait failed (outside boot, where it is a real failure).
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
+    /// The guest agent answered a command with an error.
+    #[error("guest {label}: agent command {cmd:?} failed: {msg}")]
+    AgentCommand {
+        /// The guest's label.
+        label: String,
+        /// The command.
+        cmd: String,
+        /// The agent's message.
+        msg: String,
+    },
+    /// The guest agent printed a line the harness cannot parse.
+    #[error("guest {label}: {source}")]
+    AgentProtocol {
+        /// The guest's label.
+        label: String,
+        /// The parse error.
+        source: memtide_guest_agent::protocol::ParseError,
+    },
+    /// A command in the host failed (non-zero status).
+    #[error("host command {cmd:?} exited with {status}; output:\n{output}")]
+    HostCommand {
+        /// The command.
+        cmd: String,
+        /// Its exit status.
+        status: i32,
+        /// Its output.
+        output: String,
+    },
+}
+
+impl Error {
+    /// A guest that died or stayed silent while booting: the retry policy boots it again.
+    pub fn is_dead_guest(&self) -> bool {
+        matches!(self, Error::GuestDied { .. } | Error::GuestSilent { .. })
+    }
+
+    /// A host that died or never became ready: the retry policy boots it once more.
+    pub fn is_dead_host(&self) -> bool {
+        matches!(self, Error::HostDied { .. })
+    }
+
+    pub(crate) fn io(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { what, path, source }
+    }
+}
+
+/// The harness's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

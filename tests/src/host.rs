@@ -1,0 +1,465 @@
+//! KVM host selection and the host tests run guests on: the machine itself when its /dev/kvm
+//! can run an unmodified Linux guest (hardware VMX/SVM), else the emulated KVM host.
+//! The choice and its reason are always printed; no usable host is an error naming what is
+//! missing (a test must fail then, never pass).
+//!
+//! `MEMTIDE_KVM_HOST=emulated` forces the emulated host (e.g. to test it on a hardware
+//! machine); `MEMTIDE_KVM_HOST=hardware` forces hardware KVM (an error if unusable).
+
+use crate::console::Console;
+use crate::emulated::{EmulatedHost, HostConfig, HOST_GUEST_INITRD, HOST_GUEST_KERNEL, HOST_QEMU};
+use crate::error::{Error, Result};
+use crate::guest::{Guest, Reaper, VMM_EXIT_MARKER};
+use crate::image::{GuestImage, DEFAULT_CMDLINE};
+use crate::retry::{retry_boot, Policy};
+use crate::shell::CmdOutput;
+use crate::timing::say;
+use crate::tools::{self, shell_quote};
+use std::fs::OpenOptions;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The kind of KVM host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    /// This machine's /dev/kvm (hardware virtualization).
+    Hardware,
+    /// The emulated KVM host under QEMU TCG.
+    Emulated,
+}
+
+/// Which host the tests run on, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    /// The kind chosen.
+    pub kind: HostKind,
+    /// Why (what was checked).
+    pub reason: String,
+}
+
+/// Whether this machine's /dev/kvm can boot an unmodified Linux guest; `Err` says why not.
+pub fn hardware_kvm_usable() -> std::result::Result<String, String> {
+    hardware_kvm_usable_at(Path::new("/dev/kvm"), Path::new("/sys/module"))
+}
+
+fn hardware_kvm_usable_at(dev: &Path, modules: &Path) -> std::result::Result<String, String> {
+    if !dev.exists() {
+        return Err(format!("{} does not exist", dev.display()));
+    }
+    if modules.join("kvm_pvm").exists() {
+        return Err(format!(
+            "{} belongs to a PVM KVM ({} exists), which cannot boot an unmodified Linux guest",
+            dev.display(),
+            modules.join("kvm_pvm").display()
+        ));
+    }
+    let vendor = ["kvm_intel", "kvm_amd"]
+        .into_iter()
+        .find(|m| modules.join(m).exists());
+    let Some(vendor) = vendor else {
+        return Err("neither kvm_intel nor kvm_amd is loaded (no hardware VMX/SVM KVM)".into());
+    };
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .map_err(|e| format!("cannot open {}: {e}", dev.display()))?;
+    Ok(format!(
+        "{} is usable: {vendor} is loaded (hardware virtualization)",
+        dev.display()
+    ))
+}
+
+/// Whether the emulated host can be started; `Err` says what is missing.
+pub fn emulated_host_usable() -> std::result::Result<String, String> {
+    let mut missing = Vec::new();
+    if tools::which("qemu-system-x86_64").is_none() {
+        missing.push("qemu-system-x86_64 (Debian package qemu-system-x86)");
+    }
+    if tools::which("busybox").is_none() {
+        missing.push("busybox (Debian package busybox-static)");
+    }
+    if tools::which("apt-get").is_none() || tools::which("dpkg").is_none() {
+        missing.push("apt-get and dpkg (to fetch the Debian kernel)");
+    }
+    if missing.is_empty() {
+        Ok("qemu-system-x86_64 and busybox are installed".into())
+    } else {
+        Err(format!(
+            "missing {} (scripts/install-deps.sh installs them)",
+            missing.join(", ")
+        ))
+    }
+}
+
+impl Selection {
+    /// Decides which host to use (see the module docs). Does not print.
+    pub fn detect() -> Result<Selection> {
+        let forced = std::env::var("MEMTIDE_KVM_HOST").unwrap_or_default();
+        let hw = hardware_kvm_usable();
+        match (forced.as_str(), hw) {
+            ("hardware", Ok(why)) | ("", Ok(why)) => Ok(Selection {
+                kind: HostKind::Hardware,
+                reason: why,
+            }),
+            ("hardware", Err(why)) => Err(Error::NoUsableHost(format!(
+                "MEMTIDE_KVM_HOST=hardware, but {why}"
+            ))),
+            ("" | "emulated", hw) => {
+                let prefix = match (forced.as_str(), hw) {
+                    ("emulated", _) => "MEMTIDE_KVM_HOST=emulated".to_string(),
+                    (_, Err(why)) => format!("hardware KVM unusable: {why}"),
+                    (_, Ok(why)) => why,
+                };
+                match emulated_host_usable() {
+                    Ok(_) => Ok(Selection {
+                        kind: HostKind::Emulated,
+                        reason: format!(
+                            "{prefix}; using the emulated KVM host (QEMU TCG -cpu max with nested SVM)"
+                        ),
+                    }),
+                    Err(why) => Err(Error::NoUsableHost(format!("{prefix}; emulated host unusable: {why}"))),
+                }
+            }
+            (other, _) => Err(Error::Config(format!(
+                "MEMTIDE_KVM_HOST={other:?}: expected `hardware` or `emulated`"
+            ))),
+        }
+    }
+
+    /// Prints the selection.
+    pub fn announce(&self) {
+        say(&format!("KVM host: {:?} ({})", self.kind, self.reason));
+    }
+}
+
+/// The local machine as KVM host.
+#[derive(Debug)]
+pub struct HardwareHost {
+    image: GuestImage,
+    binaries: Vec<String>,
+}
+
+/// A host to run guests on: hardware KVM or the emulated host, behind one interface.
+#[derive(Debug)]
+pub enum KvmHost {
+    /// This machine.
+    Hardware(HardwareHost),
+    /// The emulated KVM host (boxed: it is large).
+    Emulated(Box<EmulatedHost>),
+}
+
+impl KvmHost {
+    /// Selects the host (printing the choice and why) and starts it. On hardware KVM the
+    /// config's node layout is not applied (the machine's own NUMA nodes are used; printed).
+    pub fn start(cfg: &HostConfig) -> Result<(Selection, KvmHost)> {
+        let sel = Selection::detect()?;
+        sel.announce();
+        let host = match sel.kind {
+            HostKind::Hardware => {
+                say(&format!(
+                    "hardware KVM host: the machine's own NUMA nodes are used (asked for {:?} MiB)",
+                    cfg.nodes_mib
+                ));
+                let image = match &cfg.image {
+                    Some(i) => i.clone(),
+                    None => GuestImage::ensure()?,
+                };
+                let binaries = cfg
+                    .extra_binaries
+                    .iter()
+                    .map(|b| b.to_string_lossy().into_owned())
+                    .collect();
+                KvmHost::Hardware(HardwareHost { image, binaries })
+            }
+            HostKind::Emulated => KvmHost::Emulated(Box::new(EmulatedHost::start(cfg)?)),
+        };
+        Ok((sel, host))
+    }
+
+    /// The kind of this host.
+    pub fn kind(&self) -> HostKind {
+        match self {
+            KvmHost::Hardware(_) => HostKind::Hardware,
+            KvmHost::Emulated(_) => HostKind::Emulated,
+        }
+    }
+
+    /// The emulated host, if this is one.
+    pub fn emulated(&self) -> Option<&EmulatedHost> {
+        match self {
+            KvmHost::Emulated(h) => Some(h),
+            KvmHost::Hardware(_) => None,
+        }
+    }
+
+    /// The guest kernel's path as seen by the host.
+    pub fn guest_kernel(&self) -> String {
+        match self {
+            KvmHost::Hardware(h) => h.image.kernel.to_string_lossy().into_owned(),
+            KvmHost::Emulated(_) => HOST_GUEST_KERNEL.to_string(),
+        }
+    }
+
+    /// The guest initramfs's path as seen by the host.
+    pub fn guest_initrd(&self) -> String {
+        match self {
+            KvmHost::Hardware(h) => h.image.initrd.to_string_lossy().into_owned(),
+            KvmHost::Emulated(_) => HOST_GUEST_INITRD.to_string(),
+        }
+    }
+
+    /// QEMU's path as seen by the host.
+    pub fn qemu(&self) -> Result<String> {
+        match self {
+            KvmHost::Hardware(_) => Ok(tools::need("qemu-system-x86_64", "qemu-system-x86")?
+                .to_string_lossy()
+                .into_owned()),
+            KvmHost::Emulated(_) => Ok(HOST_QEMU.to_string()),
+        }
+    }
+
+    /// The path (as seen by the host) of an extra binary given by file name.
+    pub fn binary(&self, name: &str) -> Result<String> {
+        match self {
+            KvmHost::Hardware(h) => h
+                .binaries
+                .iter()
+                .find(|b| Path::new(b).file_name().and_then(|n| n.to_str()) == Some(name))
+                .cloned()
+                .ok_or_else(|| Error::Config(format!("no extra binary named {name}"))),
+            KvmHost::Emulated(h) => h.binary(name),
+        }
+    }
+
+    /// Runs a shell command on the host (`sh -c` locally on hardware).
+    pub fn run(&self, cmd: &str, timeout: Duration) -> Result<CmdOutput> {
+        match self {
+            KvmHost::Emulated(h) => h.run(cmd, timeout),
+            KvmHost::Hardware(_) => {
+                let out = Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("( {cmd} ) 2>&1"))
+                    .stdin(Stdio::null())
+                    .output()
+                    .map_err(|e| Error::Command {
+                        cmd: cmd.to_string(),
+                        detail: e.to_string(),
+                    })?;
+                Ok(CmdOutput {
+                    status: out.status.code().unwrap_or(-1),
+                    lines: String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .map(str::to_string)
+                        .collect(),
+                })
+            }
+        }
+    }
+
+    /// Runs a shell command on the host; fails unless it exits 0.
+    pub fn check(&self, cmd: &str, timeout: Duration) -> Result<CmdOutput> {
+        let out = self.run(cmd, timeout)?;
+        if out.status != 0 {
+            return Err(Error::HostCommand {
+                cmd: cmd.to_string(),
+                status: out.status,
+                output: out.text(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The address outside that reaches TCP `port` on the host.
+    pub fn forwarded(&self, port: u16) -> Option<SocketAddr> {
+        match self {
+            KvmHost::Emulated(h) => h.forwarded(port),
+            KvmHost::Hardware(_) => Some(SocketAddr::from(([127, 0, 0, 1], port))),
+        }
+    }
+
+    /// Starts a VMM (`argv`, paths as seen by the host) whose stdio is the guest's serial
+    /// console; returns the guest handle (not yet waited for).
+    pub fn spawn_guest(&self, label: &str, argv: &[String]) -> Result<Guest> {
+        match self {
+            KvmHost::Emulated(h) => h.spawn_guest(label, argv),
+            KvmHost::Hardware(_) => {
+                let script = format!(
+                    "{} 2>&1; echo \"{VMM_EXIT_MARKER} $?\"",
+                    argv.iter()
+                        .map(|a| shell_quote(a))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c")
+                    .arg(&script)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .process_group(0);
+                let spawned_at = Instant::now();
+                let mut child = cmd.spawn().map_err(|e| Error::Command {
+                    cmd: script.clone(),
+                    detail: e.to_string(),
+                })?;
+                let (Some(out), Some(inp)) = (child.stdout.take(), child.stdin.take()) else {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(Error::Config("the VMM's stdio pipes are missing".into()));
+                };
+                say(&format!(
+                    "guest {label}: VMM started locally (pid {}): {}",
+                    child.id(),
+                    argv.join(" ")
+                ));
+                let console = Console::start(label, out, inp, None);
+                Ok(Guest::new(label, console, Reaper::Local(child), spawned_at))
+            }
+        }
+    }
+
+    /// Boots a guest and waits for its agent, with the dead-boot policy: a VMM that exits
+    /// before the agent's first line, or no agent line within `timeout`, boots the guest again
+    /// (at most twice more, printed). `argv` is built per attempt.
+    pub fn boot_guest(
+        &self,
+        label: &str,
+        timeout: Duration,
+        mut argv: impl FnMut(u32) -> Vec<String>,
+    ) -> Result<Guest> {
+        retry_boot(&format!("guest {label}"), Policy::Guest, |attempt| {
+            let mut g = self.spawn_guest(label, &argv(attempt))?;
+            g.wait_agent(timeout)?;
+            Ok(g)
+        })
+    }
+}
+
+/// The machine type of a reference QEMU guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    /// `-M microvm` (ISA serial, no PCI; fastest boot).
+    Microvm,
+    /// `-M q35`.
+    Q35,
+}
+
+/// A guest booted by QEMU as the reference VMM (`-accel kvm`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuGuest {
+    /// Machine type.
+    pub machine: Machine,
+    /// Boot memory in MiB.
+    pub memory_mib: u64,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Kernel command line added to [`DEFAULT_CMDLINE`].
+    pub cmdline: String,
+    /// More QEMU arguments (devices, `-numa`, `-qmp` ...).
+    pub extra: Vec<String>,
+}
+
+impl Default for QemuGuest {
+    fn default() -> Self {
+        QemuGuest {
+            machine: Machine::Microvm,
+            memory_mib: 512,
+            cpus: 1,
+            cmdline: String::new(),
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl QemuGuest {
+    /// The QEMU command line booting the guest image on `host`, serial console on stdio.
+    pub fn argv(&self, host: &KvmHost) -> Result<Vec<String>> {
+        let machine = match self.machine {
+            Machine::Microvm => "microvm",
+            Machine::Q35 => "q35",
+        };
+        let mut v: Vec<String> = vec![host.qemu()?];
+        let s = |x: &str| x.to_string();
+        v.extend([
+            s("-M"),
+            s(machine),
+            s("-accel"),
+            s("kvm"),
+            s("-cpu"),
+            s("host"),
+        ]);
+        v.extend([
+            s("-m"),
+            format!("{}M", self.memory_mib),
+            s("-smp"),
+            self.cpus.to_string(),
+        ]);
+        v.extend([
+            s("-nodefaults"),
+            s("-no-user-config"),
+            s("-display"),
+            s("none"),
+            s("-no-reboot"),
+        ]);
+        v.extend([s("-serial"), s("stdio")]);
+        v.extend([
+            s("-kernel"),
+            host.guest_kernel(),
+            s("-initrd"),
+            host.guest_initrd(),
+        ]);
+        v.extend([
+            s("-append"),
+            format!("{DEFAULT_CMDLINE} {}", self.cmdline)
+                .trim()
+                .to_string(),
+        ]);
+        v.extend(self.extra.iter().cloned());
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pvm_and_missing_kvm_are_unusable_with_reasons() {
+        let d = std::env::temp_dir().join(format!("memtide-select-{}", std::process::id()));
+        let m = d.join("module");
+        std::fs::create_dir_all(&m).expect("dir");
+        let dev = d.join("kvm");
+        let e = hardware_kvm_usable_at(&dev, &m).expect_err("no device");
+        assert!(e.contains("does not exist"), "{e}");
+        std::fs::write(&dev, b"").expect("fake dev");
+        std::fs::create_dir_all(m.join("kvm_pvm")).expect("dir");
+        let e = hardware_kvm_usable_at(&dev, &m).expect_err("pvm");
+        assert!(e.contains("PVM"), "{e}");
+        std::fs::remove_dir(m.join("kvm_pvm")).expect("rm");
+        let e = hardware_kvm_usable_at(&dev, &m).expect_err("no vendor module");
+        assert!(e.contains("kvm_intel"), "{e}");
+        std::fs::create_dir_all(m.join("kvm_amd")).expect("dir");
+        let ok = hardware_kvm_usable_at(&dev, &m).expect("usable");
+        assert!(ok.contains("kvm_amd"), "{ok}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn this_machine_is_classified() {
+        // Whatever this machine is, detection gives a kind with a reason or says what is
+        // missing; on these PVM machines it must not pick hardware.
+        match Selection::detect() {
+            Ok(sel) => {
+                assert!(!sel.reason.is_empty());
+                if Path::new("/sys/module/kvm_pvm").exists() {
+                    assert_eq!(sel.kind, HostKind::Emulated);
+                }
+            }
+            Err(Error::NoUsableHost(why)) => assert!(!why.is_empty()),
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+}

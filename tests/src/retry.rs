@@ -1,0 +1,128 @@
+//! The dead-boot policy (KVM-HOST.md "Robustness"): on the emulated host an L2 guest sometimes
+//! resets itself at boot (its VMM exits before the agent's first line) or stays silent, and the
+//! emulated host kernel itself rarely dies. So a guest boot is tried at most
+//! [`GUEST_BOOTS`] times and a host boot at most [`HOST_BOOTS`] times, each retry printed.
+//! Only [`Error::is_dead_guest`] / [`Error::is_dead_host`] errors are retried: a wrong result
+//! (bad pattern, wrong size, an agent error) is a failure at once.
+
+use crate::error::{Error, Result};
+use crate::timing::say;
+
+/// Boots of one guest at most (the first and two more).
+pub const GUEST_BOOTS: u32 = 3;
+
+/// Boots of the emulated host at most (the first and one more).
+pub const HOST_BOOTS: u32 = 2;
+
+/// Which failures to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Retry dead or silent guests, up to [`GUEST_BOOTS`] boots.
+    Guest,
+    /// Retry dead hosts, up to [`HOST_BOOTS`] boots.
+    Host,
+}
+
+impl Policy {
+    fn max_boots(self) -> u32 {
+        match self {
+            Policy::Guest => GUEST_BOOTS,
+            Policy::Host => HOST_BOOTS,
+        }
+    }
+
+    fn retries(self, e: &Error) -> bool {
+        match self {
+            Policy::Guest => e.is_dead_guest(),
+            Policy::Host => e.is_dead_host(),
+        }
+    }
+}
+
+/// Runs `boot(attempt)` (attempt counts from 1) until it succeeds, fails in a way `policy`
+/// does not retry, or the boots are used up; prints each retry.
+pub fn retry_boot<T>(
+    what: &str,
+    policy: Policy,
+    mut boot: impl FnMut(u32) -> Result<T>,
+) -> Result<T> {
+    let max = policy.max_boots();
+    let mut attempt = 1;
+    loop {
+        match boot(attempt) {
+            Err(e) if attempt < max && policy.retries(&e) => {
+                let first = e.to_string();
+                let first = first.lines().next().unwrap_or("");
+                say(&format!(
+                    "{what}: boot {attempt} of at most {max} was dead ({first}); booting again"
+                ));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn silent() -> Error {
+        Error::GuestSilent {
+            label: "g".into(),
+            waited: Duration::from_secs(1),
+            tail: String::new(),
+        }
+    }
+
+    #[test]
+    fn dead_guests_are_booted_again_at_most_twice() {
+        let mut n = 0;
+        let r: Result<()> = retry_boot("g", Policy::Guest, |_| {
+            n += 1;
+            Err(silent())
+        });
+        assert!(r.is_err_and(|e| e.is_dead_guest()));
+        assert_eq!(n, 3);
+        let r = retry_boot("g", Policy::Guest, |a| {
+            if a < 3 {
+                Err(silent())
+            } else {
+                Ok(a)
+            }
+        });
+        assert_eq!(r.ok(), Some(3));
+    }
+
+    #[test]
+    fn wrong_results_and_other_kinds_are_not_retried() {
+        let mut n = 0;
+        let r: Result<()> = retry_boot("g", Policy::Guest, |_| {
+            n += 1;
+            Err(Error::AgentCommand {
+                label: "g".into(),
+                cmd: "verify".into(),
+                msg: "bad".into(),
+            })
+        });
+        assert!(r.is_err());
+        assert_eq!(n, 1);
+        let mut n = 0;
+        let r: Result<()> = retry_boot("h", Policy::Host, |_| {
+            n += 1;
+            Err(silent())
+        });
+        assert!(r.is_err());
+        assert_eq!(n, 1, "the host policy does not retry guest deaths");
+        let mut n = 0;
+        let _ = retry_boot::<()>("h", Policy::Host, |_| {
+            n += 1;
+            Err(Error::HostDied {
+                reason: "x".into(),
+                tail: String::new(),
+            })
+        });
+        assert_eq!(n, 2);
+    }
+}
