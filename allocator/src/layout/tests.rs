@@ -282,3 +282,69 @@ proptest! {
         }
     }
 }
+
+/// A random map with some mirrored ranges, nodes ascending by address, reaching above 4 GiB.
+fn arb_mirror_map() -> impl Strategy<Value = HostMemoryMap> {
+    prop::collection::vec(
+        (1u64..0x10_0000, 0u64..0x4_0000, 0u32..2, prop::bool::ANY),
+        1..8,
+    )
+    .prop_map(|ranges| {
+        let mut pfn = 1;
+        let mut nid = 0;
+        let regions = ranges
+            .into_iter()
+            .map(|(pages, gap, next_node, mirror)| {
+                nid += next_node;
+                let start = pfn;
+                pfn += pages;
+                let r = MemblockRegion::new(
+                    u64::from(nid),
+                    start << PAGE_SHIFT,
+                    (pfn << PAGE_SHIFT) - 1,
+                    MemblockFlags {
+                        hotplug: false,
+                        mirror,
+                    },
+                )
+                .expect("generated region is valid");
+                pfn += gap;
+                r
+            })
+            .collect();
+        HostMemoryMap::new(regions).expect("generated map is valid")
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn mirror_layout_invariants(map in arb_mirror_map()) {
+        let args = KernelArgs { kernelcore: Some(KernelcoreSpec::Mirror), ..KernelArgs::default() };
+        let l = match ZoneLayout::free_area_init(map.clone(), args) {
+            Err(LayoutError::NoMirroredMemory) => {
+                prop_assert!(!map.has_mirror());
+                return Ok(());
+            }
+            other => other.expect("mirrored map lays out"),
+        };
+        for node in l.nodes() {
+            for zone in &node.zones {
+                prop_assert!(zone.present_pages <= zone.spanned_pages);
+                prop_assert!(zone.zone_end_pfn() <= node.node_end_pfn);
+            }
+            // Mirrored memory above ZONE_MOVABLE's start may be lost (as in the kernel), never
+            // counted twice.
+            prop_assert!(node.node_present_pages <= map.node_pages(node.nid));
+            let zmp = l.zone_movable().zone_movable_pfn(node.nid).0;
+            if zmp != 0 {
+                prop_assert!(zmp >= 1 << (32 - PAGE_SHIFT));
+                prop_assert_eq!(zmp % MAX_ORDER_NR_PAGES, 0);
+            }
+        }
+        for (d, zone) in l.zone_descriptors().iter().zip(l.nodes().iter().flat_map(|n| n.zones.iter())) {
+            prop_assert_eq!(d.present_pages(), zone.present_pages);
+        }
+    }
+}
