@@ -1,0 +1,204 @@
+//! `memtide run`: boot one VM in the foreground, its serial console on stdout/stdin.
+//!
+//! ```text
+//! memtide run [--kernel K] [--initrd I] [--cmdline ARGS] [--vcpus N] [--memory SIZE]
+//!             [--numa guest_numa_id=0,cpus=[0-1],memory=512M,host_numa_id=0,hotplug_size=1G]...
+//!             [--kernelcore SPEC] [--movablecore SPEC] [--serial-file PATH]
+//! ```
+//!
+//! Without `--kernel` the guest image of the integration-test harness is used: from
+//! `$MEMTIDE_CACHE` (default `target/memtide-cache`), `guest/<release>/initramfs.cpio.gz` and
+//! `debian/*/root/boot/vmlinuz-<release>`. Exit status: 0 when the guest powers off (or
+//! memtide is stopped with SIGTERM/SIGINT), 3 when the guest resets (reboot, panic, triple
+//! fault), 1 on a VMM failure, 2 on bad input (reported before the VM starts).
+
+use clap::Args;
+use memtide_vmm::config::{parse_size, NumaNodeConfig};
+use memtide_vmm::{SerialOutput, Vm, VmConfig};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Arguments of `memtide run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Guest kernel (bzImage). Default: the harness's cached guest image.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs. Default: the guest image's when --kernel is not given.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Extra guest kernel command-line arguments (after memtide's defaults).
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// Boot RAM, e.g. 512M or 2G (default: the sum of the --numa nodes, else 512M).
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// A guest NUMA node: guest_numa_id=N,cpus=[A-B,..],memory=SIZE[,host_numa_id=H]
+    /// [,hotplug_size=SIZE]. Repeat per node.
+    #[arg(long, value_name = "SPEC")]
+    pub numa: Vec<String>,
+    /// The guest kernel's kernelcore= argument.
+    #[arg(long, value_name = "SPEC")]
+    pub kernelcore: Option<String>,
+    /// The guest kernel's movablecore= argument.
+    #[arg(long, value_name = "SPEC")]
+    pub movablecore: Option<String>,
+    /// Write the serial console to this file instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    pub serial_file: Option<PathBuf>,
+    /// Do not feed stdin to the serial console.
+    #[arg(long)]
+    pub no_stdin: bool,
+}
+
+/// The harness's guest image in `cache`: `(kernel, initrd)`.
+fn cached_guest_image(cache: &Path) -> Option<(PathBuf, PathBuf)> {
+    let mut releases: Vec<PathBuf> = std::fs::read_dir(cache.join("guest"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("initramfs.cpio.gz").is_file())
+        .collect();
+    releases.sort();
+    for dir in releases.iter().rev() {
+        let release = dir.file_name()?.to_string_lossy().into_owned();
+        let Ok(debs) = std::fs::read_dir(cache.join("debian")) else {
+            continue;
+        };
+        for d in debs.filter_map(|e| e.ok()) {
+            let k = d
+                .path()
+                .join("root/boot")
+                .join(format!("vmlinuz-{release}"));
+            if k.is_file() {
+                return Some((k, dir.join("initramfs.cpio.gz")));
+            }
+        }
+    }
+    None
+}
+
+fn default_cache() -> PathBuf {
+    match std::env::var_os("MEMTIDE_CACHE") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from("target/memtide-cache"),
+    }
+}
+
+/// Turns the arguments into a [`VmConfig`] (no file or KVM access beyond locating the
+/// default image).
+pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, String> {
+    let (kernel, initrd) = match &args.kernel {
+        Some(k) => (k.clone(), args.initrd.clone()),
+        None => {
+            let cache = default_cache();
+            let (k, i) = cached_guest_image(&cache).ok_or_else(|| {
+                format!(
+                    "no --kernel given and no guest image in {} (build it with the test \
+                     harness, or set MEMTIDE_CACHE)",
+                    cache.display()
+                )
+            })?;
+            (k, Some(args.initrd.clone().unwrap_or(i)))
+        }
+    };
+    let numa = args
+        .numa
+        .iter()
+        .map(|s| s.parse::<NumaNodeConfig>().map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let memory = match &args.memory {
+        Some(m) => parse_size(m).map_err(|e| e.to_string())?,
+        None if !numa.is_empty() => numa.iter().map(|n| n.memory).sum(),
+        None => 512 << 20,
+    };
+    let mut c = VmConfig::new(kernel, args.vcpus, memory);
+    c.initrd = initrd;
+    c.cmdline = args.cmdline.clone();
+    c.numa = numa;
+    c.guest_kernelcore = args.kernelcore.clone();
+    c.guest_movablecore = args.movablecore.clone();
+    if let Some(f) = &args.serial_file {
+        c.serial_output = SerialOutput::File(f.clone());
+    }
+    c.serial_input = !args.no_stdin;
+    Ok(c)
+}
+
+/// Runs `memtide run`.
+pub fn run(args: &RunArgs) -> ExitCode {
+    let config = match config_from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("memtide run: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let vm = match Vm::new(&config) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("memtide run: error: {e}");
+            return ExitCode::from(if e.is_bad_input() { 2 } else { 1 });
+        }
+    };
+    match vm.run(true) {
+        Ok(reason) => {
+            eprintln!("memtide run: VM stopped: {reason:?}");
+            ExitCode::from(reason.exit_code())
+        }
+        Err(e) => {
+            eprintln!("memtide run: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> RunArgs {
+        T::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
+            .expect("valid arguments")
+            .run
+    }
+
+    #[test]
+    fn numa_nodes_sum_to_memory() {
+        let a = parse(&[
+            "--kernel",
+            "/k",
+            "--vcpus",
+            "2",
+            "--numa",
+            "guest_numa_id=0,cpus=0,memory=256M",
+            "--numa",
+            "guest_numa_id=1,cpus=1,memory=256M,host_numa_id=0",
+        ]);
+        let c = config_from_args(&a).expect("config");
+        assert_eq!(c.memory, 512 << 20);
+        assert_eq!(c.numa.len(), 2);
+        c.validate().expect("valid");
+    }
+
+    #[test]
+    fn bad_numa_is_reported() {
+        let a = parse(&["--kernel", "/k", "--numa", "guest_numa_id=0,memory=1G"]);
+        let e = config_from_args(&a).expect_err("cpus missing");
+        assert!(e.contains("cpus is missing"), "{e}");
+    }
+
+    #[test]
+    fn missing_default_image_is_reported() {
+        assert!(cached_guest_image(Path::new("/nonexistent")).is_none());
+    }
+}
