@@ -91,6 +91,18 @@ impl GuestImage {
     /// changed is redone: a second call fetches nothing.
     pub fn build(cfg: &ImageConfig) -> Result<GuestImage> {
         let _guard = BUILD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = cfg.kernel.as_ref().filter(|k| !k.is_file()) {
+            return Err(Error::Config(format!(
+                "kernel {} is not a file",
+                k.display()
+            )));
+        }
+        if let Some(a) = cfg.agent.as_ref().filter(|a| !a.is_file()) {
+            return Err(Error::Config(format!(
+                "guest agent {} is not a file",
+                a.display()
+            )));
+        }
         ensure_dir(&cfg.cache)?;
         let agent = match &cfg.agent {
             Some(a) => {

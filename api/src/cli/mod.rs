@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 bad input (clap's own usage errors are 2 too).
 
 pub mod run;
+pub mod image;
 pub mod zones;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Show the zone layout Linux 6.1 computes for a memory map and kernelcore=/movablecore=.
     Zones(zones::ZonesArgs),
+    /// Build the guest image (kernel + initramfs with the guest agent) into the cache.
+    Image(image::ImageArgs),
     /// Boot one VM in the foreground (serial console on stdout/stdin).
     Run(run::RunArgs),
 }
@@ -31,6 +34,7 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Zones(args) => zones::run(&args),
+        Command::Image(args) => image::run(&args),
         Command::Run(args) => run::run(&args),
     }
 }
