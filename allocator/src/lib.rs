@@ -10,6 +10,7 @@
 //!
 //! This crate is pure: no KVM, no I/O. The VMM maps what it allocates here onto memfds.
 
+pub mod buddy;
 pub mod layout;
 pub mod types;
 

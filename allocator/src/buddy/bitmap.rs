@@ -1,0 +1,302 @@
+//! Bitmaps behind the free-block index.
+//!
+//! * [`Bitmap`]: a flat bitmap, only touched under the zone lock (free-block heads per order).
+//! * [`LevelBitmap`]: a bitmap with summary levels (bit `j` of level `k + 1` is set iff word
+//!   `j` of level `k` is non-zero), so the first set bit is found in `O(levels)` word reads.
+//!   Used per (order, free list) at pageblock granularity.
+//! * [`AtomicBitmap`]: one bit per page, readable and updatable without the zone lock (the
+//!   "allocated head" bits, cleared and set by the per-CPU fast path).
+//! * [`AtomicTags`]: two bits per page (free-list tags of free heads, order codes of allocated
+//!   heads); written only under the zone lock, read without it.
+//!
+//! All of them are allocated zeroed (`calloc`), so a large, mostly untouched bitmap costs
+//! address space, not resident memory, until it is written.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const WORD_BITS: u64 = 64;
+
+fn words_for(bits: u64) -> usize {
+    bits.div_ceil(WORD_BITS) as usize
+}
+
+/// A flat bitmap of `len` bits.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Bitmap {
+    words: Vec<u64>,
+}
+
+impl Bitmap {
+    /// A bitmap of `len` clear bits.
+    pub(crate) fn new(len: u64) -> Bitmap {
+        Bitmap {
+            words: vec![0; words_for(len)],
+        }
+    }
+
+    /// Whether bit `i` is set.
+    #[inline]
+    pub(crate) fn test(&self, i: u64) -> bool {
+        self.words[(i / WORD_BITS) as usize] & (1 << (i % WORD_BITS)) != 0
+    }
+
+    /// Sets bit `i`.
+    #[inline]
+    pub(crate) fn set(&mut self, i: u64) {
+        self.words[(i / WORD_BITS) as usize] |= 1 << (i % WORD_BITS);
+    }
+
+    /// Clears bit `i`.
+    #[inline]
+    pub(crate) fn clear(&mut self, i: u64) {
+        self.words[(i / WORD_BITS) as usize] &= !(1 << (i % WORD_BITS));
+    }
+
+    /// The first set bit in `[start, end)`.
+    #[inline]
+    pub(crate) fn find_next(&self, start: u64, end: u64) -> Option<u64> {
+        let mut i = start;
+        while i < end {
+            let w = (i / WORD_BITS) as usize;
+            let masked = self.words[w] & (!0u64 << (i % WORD_BITS));
+            if masked != 0 {
+                let bit = w as u64 * WORD_BITS + u64::from(masked.trailing_zeros());
+                return (bit < end).then_some(bit);
+            }
+            i = (w as u64 + 1) * WORD_BITS;
+        }
+        None
+    }
+
+    /// Bytes of memory the bitmap occupies.
+    pub(crate) fn bytes(&self) -> usize {
+        self.words.len() * 8
+    }
+}
+
+/// A bitmap with summary levels for fast find-first.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LevelBitmap {
+    /// `levels[0]` holds the bits; the last level is a single word.
+    levels: Vec<Vec<u64>>,
+}
+
+impl LevelBitmap {
+    /// A bitmap of `len` clear bits.
+    pub(crate) fn new(len: u64) -> LevelBitmap {
+        let mut levels = Vec::new();
+        let mut bits = len.max(1);
+        loop {
+            let words = words_for(bits);
+            levels.push(vec![0; words]);
+            if words == 1 {
+                break;
+            }
+            bits = words as u64;
+        }
+        LevelBitmap { levels }
+    }
+
+    /// Whether bit `i` is set.
+    #[inline]
+    pub(crate) fn test(&self, i: u64) -> bool {
+        self.levels[0][(i / WORD_BITS) as usize] & (1 << (i % WORD_BITS)) != 0
+    }
+
+    /// Sets bit `i` and the summary bits above it.
+    #[inline]
+    pub(crate) fn set(&mut self, mut i: u64) {
+        for level in &mut self.levels {
+            let w = (i / WORD_BITS) as usize;
+            let was = level[w];
+            level[w] = was | (1 << (i % WORD_BITS));
+            if was != 0 {
+                break;
+            }
+            i = w as u64;
+        }
+    }
+
+    /// Clears bit `i` and the summary bits that become stale.
+    #[inline]
+    pub(crate) fn clear(&mut self, mut i: u64) {
+        for level in &mut self.levels {
+            let w = (i / WORD_BITS) as usize;
+            level[w] &= !(1 << (i % WORD_BITS));
+            if level[w] != 0 {
+                break;
+            }
+            i = w as u64;
+        }
+    }
+
+    /// The lowest set bit.
+    #[inline]
+    pub(crate) fn find_first(&self) -> Option<u64> {
+        let mut idx = 0u64;
+        for level in self.levels.iter().rev() {
+            let w = level[idx as usize];
+            if w == 0 {
+                return None;
+            }
+            idx = idx * WORD_BITS + u64::from(w.trailing_zeros());
+        }
+        Some(idx)
+    }
+
+    /// Bytes of memory the bitmap occupies, summaries included.
+    pub(crate) fn bytes(&self) -> usize {
+        self.levels.iter().map(|l| l.len() * 8).sum()
+    }
+}
+
+/// A bitmap whose bits can be set and cleared without a lock.
+#[derive(Debug, Default)]
+pub(crate) struct AtomicBitmap {
+    words: Vec<AtomicU64>,
+}
+
+impl AtomicBitmap {
+    /// A bitmap of `len` clear bits.
+    pub(crate) fn new(len: u64) -> AtomicBitmap {
+        AtomicBitmap {
+            words: zeroed_atomics(words_for(len)),
+        }
+    }
+
+    /// Whether bit `i` is set.
+    #[inline]
+    pub(crate) fn test(&self, i: u64) -> bool {
+        self.words[(i / WORD_BITS) as usize].load(Ordering::Acquire) & (1 << (i % WORD_BITS)) != 0
+    }
+
+    /// Sets bit `i`; returns whether it was set before.
+    #[inline]
+    pub(crate) fn test_and_set(&self, i: u64) -> bool {
+        let bit = 1 << (i % WORD_BITS);
+        self.words[(i / WORD_BITS) as usize].fetch_or(bit, Ordering::AcqRel) & bit != 0
+    }
+
+    /// Clears bit `i`; returns whether it was set before.
+    #[inline]
+    pub(crate) fn test_and_clear(&self, i: u64) -> bool {
+        let bit = 1 << (i % WORD_BITS);
+        self.words[(i / WORD_BITS) as usize].fetch_and(!bit, Ordering::AcqRel) & bit != 0
+    }
+
+    /// Number of set bits.
+    pub(crate) fn count_ones(&self) -> u64 {
+        self.words
+            .iter()
+            .map(|w| u64::from(w.load(Ordering::Acquire).count_ones()))
+            .sum()
+    }
+
+    /// Bytes of memory the bitmap occupies.
+    pub(crate) fn bytes(&self) -> usize {
+        self.words.len() * 8
+    }
+}
+
+/// Two bits per index. Writers must be serialised (the zone lock); readers need no lock and
+/// see either the old or the new value of a word, never a torn one.
+#[derive(Debug, Default)]
+pub(crate) struct AtomicTags {
+    words: Vec<AtomicU64>,
+}
+
+impl AtomicTags {
+    /// `len` tags, all zero.
+    pub(crate) fn new(len: u64) -> AtomicTags {
+        AtomicTags {
+            words: zeroed_atomics(words_for(len * 2)),
+        }
+    }
+
+    /// The tag at `i` (0..=3).
+    #[inline]
+    pub(crate) fn get(&self, i: u64) -> u8 {
+        let w = self.words[(i / 32) as usize].load(Ordering::Acquire);
+        ((w >> ((i % 32) * 2)) & 3) as u8
+    }
+
+    /// Sets the tag at `i`. The caller holds the lock that serialises writers.
+    #[inline]
+    pub(crate) fn set(&self, i: u64, tag: u8) {
+        let word = &self.words[(i / 32) as usize];
+        let shift = (i % 32) * 2;
+        let w = word.load(Ordering::Relaxed);
+        let new = (w & !(3 << shift)) | (u64::from(tag & 3) << shift);
+        if new != w {
+            word.store(new, Ordering::Release);
+        }
+    }
+
+    /// Bytes of memory the tags occupy.
+    pub(crate) fn bytes(&self) -> usize {
+        self.words.len() * 8
+    }
+}
+
+/// `n` zeroed atomics, allocated with `calloc` so that untouched pages stay unbacked.
+fn zeroed_atomics(n: usize) -> Vec<AtomicU64> {
+    let v: Vec<u64> = vec![0; n];
+    let mut v = std::mem::ManuallyDrop::new(v);
+    let (ptr, len, cap) = (v.as_mut_ptr(), v.len(), v.capacity());
+    // SAFETY: AtomicU64 has the same size, alignment and bit validity as u64 (documented in
+    // std), the allocation came from a Vec<u64> with this exact length and capacity, and the
+    // original Vec is never dropped (ManuallyDrop), so ownership moves to the new Vec.
+    unsafe { Vec::from_raw_parts(ptr.cast::<AtomicU64>(), len, cap) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitmap_find_next_respects_bounds() {
+        let mut b = Bitmap::new(300);
+        b.set(5);
+        b.set(130);
+        b.set(299);
+        assert_eq!(b.find_next(0, 300), Some(5));
+        assert_eq!(b.find_next(6, 300), Some(130));
+        assert_eq!(b.find_next(6, 130), None);
+        assert_eq!(b.find_next(131, 300), Some(299));
+        b.clear(299);
+        assert_eq!(b.find_next(131, 300), None);
+        assert!(b.test(130) && !b.test(131));
+    }
+
+    #[test]
+    fn level_bitmap_finds_lowest_across_levels() {
+        let mut b = LevelBitmap::new(1 << 20);
+        assert_eq!(b.find_first(), None);
+        b.set(700_000);
+        b.set(5_000);
+        assert_eq!(b.find_first(), Some(5_000));
+        b.clear(5_000);
+        assert_eq!(b.find_first(), Some(700_000));
+        assert!(b.test(700_000));
+        b.clear(700_000);
+        assert_eq!(b.find_first(), None);
+        let mut small = LevelBitmap::new(3);
+        small.set(2);
+        assert_eq!(small.find_first(), Some(2));
+    }
+
+    #[test]
+    fn atomic_bits_and_tags() {
+        let a = AtomicBitmap::new(130);
+        assert!(!a.test_and_set(129));
+        assert!(a.test_and_set(129));
+        assert!(a.test(129));
+        assert!(a.test_and_clear(129));
+        assert!(!a.test_and_clear(129));
+        let t = AtomicTags::new(100);
+        t.set(33, 2);
+        t.set(34, 3);
+        t.set(33, 1);
+        assert_eq!((t.get(32), t.get(33), t.get(34)), (0, 1, 3));
+    }
+}

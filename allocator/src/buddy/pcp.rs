@@ -1,0 +1,120 @@
+//! Per-CPU page caches for order-0 pages (`struct per_cpu_pages`, `zone_batchsize`,
+//! `zone_highsize`, `nr_pcp_free`).
+//!
+//! Each zone has one cache per slot; a thread uses the slot it was given the first time it
+//! touched any pool (round robin over the slots), so with as many slots as CPUs two threads
+//! never share a cache. Each slot has its own lock (Linux: `pcp->lock`); the zone lock is
+//! only taken to refill (`rmqueue_bulk`) or flush (`free_pcppages_bulk`) a batch.
+//! Only order 0 is cached (Linux 6.1 also caches orders 1..=3 and THP-sized pages).
+//!
+//! Pages on a per-CPU list are allocated as far as the buddy allocator is concerned: they are
+//! not in `NR_FREE_PAGES`, exactly as in Linux.
+
+use super::pageblock::NR_FREE_LISTS;
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// `struct per_cpu_pages` (order-0 lists only, indexed by the pcp migratetypes).
+#[derive(Debug, Default)]
+pub(crate) struct PerCpuPages {
+    /// Pages on all lists (`count`).
+    pub(crate) count: u64,
+    /// Flush when `count` reaches this (`high`); 0 disables the cache.
+    pub(crate) high: u64,
+    /// Pages moved per refill or flush (`batch`).
+    pub(crate) batch: u64,
+    /// `free_factor`: grows while frees keep flushing, halves on each allocation.
+    pub(crate) free_factor: u32,
+    /// Lists per migratetype (UNMOVABLE, MOVABLE, RECLAIMABLE); the front is the list head.
+    pub(crate) lists: [VecDeque<u64>; NR_FREE_LISTS - 1],
+}
+
+impl PerCpuPages {
+    /// `nr_pcp_free()`: how many pages to flush once `count >= high`.
+    pub(crate) fn nr_pcp_free(&mut self, high: u64, batch: u64) -> u64 {
+        if high < batch {
+            return 1;
+        }
+        let min_nr_free = batch;
+        let max_nr_free = high - batch;
+        let batch = batch << self.free_factor.min(32);
+        if batch < max_nr_free {
+            self.free_factor += 1;
+        }
+        batch.clamp(min_nr_free, max_nr_free.max(min_nr_free))
+    }
+}
+
+/// `zone_batchsize()`: about 0.1% of the zone or 1 MiB, whichever is smaller, as 2^n - 1.
+pub fn zone_batchsize(managed_pages: u64) -> u64 {
+    let mut batch = (managed_pages >> 10).min((1 << 20) / crate::types::PAGE_SIZE);
+    batch /= 4;
+    if batch < 1 {
+        batch = 1;
+    }
+    let x = batch + batch / 2;
+    // rounddown_pow_of_two(x) - 1
+    (1u64 << (63 - x.leading_zeros())) - 1
+}
+
+/// `zone_highsize()` with `percpu_pagelist_high_fraction` 0: the low watermark split over the
+/// CPUs of the node, at least `4 * batch`.
+pub fn zone_highsize(low_wmark: u64, batch: u64, nr_split_cpus: u64) -> u64 {
+    (low_wmark / nr_split_cpus.max(1)).max(batch << 2)
+}
+
+/// `zone_set_pageset_high_and_batch()`: (high, batch) for a zone.
+pub fn pageset_high_and_batch(managed_pages: u64, low_wmark: u64, nr_cpus: u64) -> (u64, u64) {
+    let batch = zone_batchsize(managed_pages).max(1);
+    (zone_highsize(low_wmark, batch, nr_cpus), batch)
+}
+
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// This thread's cache slot among `nr_slots`.
+#[inline]
+pub(crate) fn this_slot(nr_slots: usize) -> usize {
+    let s = SLOT.with(|s| {
+        let v = s.get();
+        if v != usize::MAX {
+            return v;
+        }
+        let v = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
+        s.set(v);
+        v
+    });
+    s % nr_slots
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_matches_linux_examples() {
+        // 4 GiB zone: min(1024, 256) / 4 = 64 -> rounddown_pow_of_two(96) - 1 = 63.
+        assert_eq!(zone_batchsize(1 << 20), 63);
+        // Tiny DMA zone: batch 0, raised to 1 by zone_set_pageset_high_and_batch.
+        assert_eq!(zone_batchsize(3998), 0);
+        assert_eq!(pageset_high_and_batch(3998, 10, 2), (5, 1));
+        assert_eq!(zone_highsize(100, 63, 2), 252);
+    }
+
+    #[test]
+    fn nr_pcp_free_grows_and_clamps() {
+        let mut p = PerCpuPages::default();
+        assert_eq!(p.nr_pcp_free(1000, 63), 63);
+        assert_eq!(p.nr_pcp_free(1000, 63), 126);
+        assert_eq!(p.free_factor, 2);
+        assert_eq!(p.nr_pcp_free(10, 63), 1);
+        for _ in 0..10 {
+            p.nr_pcp_free(1000, 63);
+        }
+        assert_eq!(p.nr_pcp_free(1000, 63), 937);
+    }
+}

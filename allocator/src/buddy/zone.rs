@@ -1,0 +1,652 @@
+//! One zone: its lock, free-block index, pageblocks, counters and per-CPU caches, with the
+//! buddy algorithms of Linux 6.1 `mm/page_alloc.c` (`__rmqueue_smallest`,
+//! `__rmqueue_fallback`, `steal_suitable_fallback`, `move_freepages_block`, `expand`,
+//! `__free_one_page`, `rmqueue_bulk`, `free_pcppages_bulk`).
+//!
+//! Per-page state of a zone (the whole metadata budget, see [`super`]):
+//! * free-block heads per order (in [`FreeIndex`], under the lock): 2 bits per page;
+//! * a two-bit tag per page ([`AtomicTags`]): for the head of a free block, its free list;
+//!   for the head of an allocated block, its order (`0` = order 0, else
+//!   `tag[h] = 1 + (order-1)/4`, `tag[h+1] = (order-1)%4`, using the block's second page);
+//! * one "allocated head" bit per page ([`AtomicBitmap`]): set while the block starting
+//!   there is handed out to a caller (not while it sits on a per-CPU list).
+
+use super::bitmap::{AtomicBitmap, AtomicTags};
+use super::free_area::FreeIndex;
+use super::pageblock::{
+    can_steal_fallback, fallbacks, list_index, list_migratetype, migratetype_is_mergeable,
+    Pageblocks,
+};
+use super::pcp::PerCpuPages;
+use super::watermark::{Wmark, MAX_NR_ZONES};
+use crate::types::{
+    MigrateType, NodeId, ZoneDescriptor, ZoneType, MAX_ORDER, MAX_ORDER_NR_PAGES,
+    PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER,
+};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// Keeps each per-CPU cache on its own cache line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct CacheAligned<T>(pub(crate) T);
+
+/// `alloc_flags` that matter here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AllocFlags {
+    /// Which watermark the pass checks.
+    pub(crate) wmark: Wmark,
+    /// `ALLOC_NOFRAGMENT`: do not steal below pageblock order.
+    pub(crate) nofragment: bool,
+}
+
+/// State under the zone lock (`zone->lock`).
+#[derive(Debug)]
+pub(crate) struct ZoneState {
+    /// `free_area[]` and its index.
+    pub(crate) free: FreeIndex,
+    /// Present (online) pfn ranges, sorted, disjoint, half-open.
+    pub(crate) present_ranges: Vec<(u64, u64)>,
+}
+
+/// One zone of one node (`struct zone`).
+#[derive(Debug)]
+pub struct Zone {
+    pub(crate) node: NodeId,
+    pub(crate) zone_type: ZoneType,
+    pub(crate) zone_start_pfn: u64,
+    pub(crate) spanned_pages: u64,
+    /// First pfn of the metadata, `zone_start_pfn` rounded down to `MAX_ORDER_NR_PAGES`.
+    pub(crate) base: u64,
+    /// Pages the metadata covers (a multiple of `MAX_ORDER_NR_PAGES`).
+    pub(crate) nr_pages: u64,
+    pub(crate) state: Mutex<ZoneState>,
+    pub(crate) alloc_heads: AtomicBitmap,
+    pub(crate) tags: AtomicTags,
+    pub(crate) pageblocks: Pageblocks,
+    /// `NR_FREE_PAGES`, published after every locked section for lock-free watermark checks.
+    pub(crate) nr_free_pages: AtomicU64,
+    pub(crate) managed: AtomicU64,
+    pub(crate) present: AtomicU64,
+    /// `_watermark[WMARK_MIN..=WMARK_HIGH]`.
+    pub(crate) wmark: [AtomicU64; 3],
+    pub(crate) lowmem_reserve: [AtomicU64; MAX_NR_ZONES],
+    pub(crate) nr_isolate_pageblock: AtomicU64,
+    /// `zone_pcp_disable()` in force: frees and allocations bypass the per-CPU lists.
+    pub(crate) pcp_disabled: AtomicBool,
+    pub(crate) pcp: Box<[CacheAligned<Mutex<PerCpuPages>>]>,
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it (the zone state is
+/// only mutated in short sections that do not panic on valid input).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Zone {
+    /// Builds a zone from its descriptor (or an empty zone) and frees its present pages to
+    /// the buddy allocator as `memblock_free_all()` does (every pageblock MOVABLE).
+    pub(crate) fn new(
+        node: NodeId,
+        zone_type: ZoneType,
+        desc: Option<&ZoneDescriptor>,
+        nr_slots: usize,
+    ) -> Zone {
+        let (start, spanned, ranges) = match desc {
+            Some(d) if d.spanned_pages > 0 => (
+                d.zone_start_pfn.0,
+                d.spanned_pages,
+                d.present_ranges
+                    .iter()
+                    .map(|(s, e)| (s.0, e.0))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => (0, 0, Vec::new()),
+        };
+        let base = start & !(MAX_ORDER_NR_PAGES - 1);
+        let nr_pages = if spanned == 0 {
+            0
+        } else {
+            (start + spanned).next_multiple_of(MAX_ORDER_NR_PAGES) - base
+        };
+        let present: u64 = ranges.iter().map(|(s, e)| e - s).sum();
+        let zone = Zone {
+            node,
+            zone_type,
+            zone_start_pfn: start,
+            spanned_pages: spanned,
+            base,
+            nr_pages,
+            state: Mutex::new(ZoneState {
+                free: FreeIndex::new(base, nr_pages),
+                present_ranges: ranges.clone(),
+            }),
+            alloc_heads: AtomicBitmap::new(nr_pages),
+            tags: AtomicTags::new(nr_pages),
+            pageblocks: Pageblocks::new(nr_pages >> PAGEBLOCK_ORDER),
+            nr_free_pages: AtomicU64::new(0),
+            managed: AtomicU64::new(present),
+            present: AtomicU64::new(present),
+            wmark: Default::default(),
+            lowmem_reserve: Default::default(),
+            nr_isolate_pageblock: AtomicU64::new(0),
+            pcp_disabled: AtomicBool::new(false),
+            pcp: (0..nr_slots.max(1))
+                .map(|_| CacheAligned(Mutex::new(PerCpuPages::default())))
+                .collect(),
+        };
+        {
+            let mut st = lock(&zone.state);
+            for &(s, e) in &ranges {
+                zone.free_range(&mut st, s, e, MigrateType::Movable);
+            }
+            zone.publish(&st);
+        }
+        zone
+    }
+
+    /// Frees `[s, e)` in maximal aligned chunks (`__free_pages_core` per chunk).
+    pub(crate) fn free_range(&self, st: &mut ZoneState, s: u64, e: u64, mt: MigrateType) {
+        let mut p = s;
+        while p < e {
+            let align = if p == 0 {
+                MAX_ORDER as u32 - 1
+            } else {
+                p.trailing_zeros()
+            };
+            let fit = 63 - (e - p).leading_zeros();
+            let order = align.min(fit).min(MAX_ORDER as u32 - 1);
+            self.free_one_page_locked(st, p, order, mt);
+            p += 1 << order;
+        }
+    }
+
+    /// The node of the zone.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// The zone type.
+    pub fn zone_type(&self) -> ZoneType {
+        self.zone_type
+    }
+
+    /// `zone_managed_pages()`.
+    pub fn managed_pages(&self) -> u64 {
+        self.managed.load(Ordering::Acquire)
+    }
+
+    /// `zone->present_pages`.
+    pub fn present_pages(&self) -> u64 {
+        self.present.load(Ordering::Acquire)
+    }
+
+    /// `zone->spanned_pages`.
+    pub fn spanned_pages(&self) -> u64 {
+        self.spanned_pages
+    }
+
+    /// `zone->zone_start_pfn`.
+    pub fn zone_start_pfn(&self) -> u64 {
+        self.zone_start_pfn
+    }
+
+    /// `NR_FREE_PAGES`.
+    pub fn nr_free_pages(&self) -> u64 {
+        self.nr_free_pages.load(Ordering::Acquire)
+    }
+
+    /// The watermark `w` in pages.
+    pub fn wmark_pages(&self, w: Wmark) -> u64 {
+        self.wmark[w as usize].load(Ordering::Acquire)
+    }
+
+    /// `zone->lowmem_reserve[]`.
+    pub fn lowmem_reserve(&self) -> [u64; MAX_NR_ZONES] {
+        std::array::from_fn(|i| self.lowmem_reserve[i].load(Ordering::Acquire))
+    }
+
+    /// `managed_zone()`.
+    pub fn is_managed(&self) -> bool {
+        self.managed_pages() > 0
+    }
+
+    /// Whether `pfn` lies in the zone's span.
+    #[inline]
+    pub(crate) fn spans(&self, pfn: u64) -> bool {
+        pfn >= self.zone_start_pfn && pfn - self.zone_start_pfn < self.spanned_pages
+    }
+
+    #[inline]
+    pub(crate) fn pb(&self, pfn: u64) -> u64 {
+        (pfn - self.base) >> PAGEBLOCK_ORDER
+    }
+
+    /// `get_pfnblock_migratetype()`.
+    #[inline]
+    pub(crate) fn pageblock_mt(&self, pfn: u64) -> MigrateType {
+        self.pageblocks.get(self.pb(pfn))
+    }
+
+    /// Publishes `NR_FREE_PAGES` for lock-free readers; called before every unlock.
+    #[inline]
+    pub(crate) fn publish(&self, st: &ZoneState) {
+        self.nr_free_pages
+            .store(st.free.nr_free_pages, Ordering::Release);
+    }
+
+    /// Writes the order code of an allocated block (under the zone lock).
+    #[inline]
+    pub(crate) fn set_alloc_order(&self, pfn: u64, order: u32) {
+        let idx = pfn - self.base;
+        if order == 0 {
+            self.tags.set(idx, 0);
+        } else {
+            let c = order - 1;
+            self.tags.set(idx, (1 + (c >> 2)) as u8);
+            self.tags.set(idx + 1, (c & 3) as u8);
+        }
+    }
+
+    /// Reads the order code of an allocated block.
+    #[inline]
+    pub(crate) fn alloc_order(&self, pfn: u64) -> u32 {
+        let idx = pfn - self.base;
+        let t = u32::from(self.tags.get(idx));
+        if t == 0 {
+            0
+        } else {
+            (((t - 1) << 2) | u32::from(self.tags.get(idx + 1))) + 1
+        }
+    }
+
+    /// Whether the block at `pfn` is handed out to a caller.
+    #[inline]
+    pub(crate) fn is_allocated_head(&self, pfn: u64) -> bool {
+        self.alloc_heads.test(pfn - self.base)
+    }
+
+    // ----- buddy core (zone lock held) -------------------------------------------------
+
+    /// `expand()`: splits a block of `high` down to `low`, freeing the upper halves to `mt`.
+    #[inline]
+    fn expand(&self, st: &mut ZoneState, pfn: u64, low: u32, mut high: u32, mt: MigrateType) {
+        while high > low {
+            high -= 1;
+            st.free
+                .add_to_free_list(&self.tags, pfn + (1 << high), high, mt);
+        }
+    }
+
+    /// `__rmqueue_smallest()`.
+    #[inline]
+    pub(crate) fn rmqueue_smallest(
+        &self,
+        st: &mut ZoneState,
+        order: u32,
+        mt: MigrateType,
+    ) -> Option<u64> {
+        for current in order..MAX_ORDER as u32 {
+            if let Some(pfn) = st.free.get_page_from_free_area(&self.tags, current, mt) {
+                st.free.del_page_from_free_list(pfn, current, mt);
+                self.expand(st, pfn, order, current, mt);
+                return Some(pfn);
+            }
+        }
+        None
+    }
+
+    /// `find_suitable_fallback(area, order, mt, only_stealable = false, &can_steal)`.
+    fn find_suitable_fallback(
+        &self,
+        st: &ZoneState,
+        order: u32,
+        mt: MigrateType,
+    ) -> Option<(MigrateType, bool)> {
+        if st.free.area[order as usize].nr_free == 0 {
+            return None;
+        }
+        for &fallback in fallbacks(mt) {
+            if st.free.free_area_empty(order, fallback) {
+                continue;
+            }
+            return Some((fallback, can_steal_fallback(order, mt)));
+        }
+        None
+    }
+
+    /// `__rmqueue_fallback()`: steals the largest suitable free block of another
+    /// migratetype (or, for a movable request that cannot take the whole pageblock, the
+    /// smallest one) and moves it, or its whole pageblock, to `start_mt`.
+    fn rmqueue_fallback(
+        &self,
+        st: &mut ZoneState,
+        order: u32,
+        start_mt: MigrateType,
+        flags: AllocFlags,
+    ) -> bool {
+        let min_order = if flags.nofragment {
+            PAGEBLOCK_ORDER
+        } else {
+            order
+        };
+        let mut found = None;
+        for current in (min_order..MAX_ORDER as u32).rev() {
+            let Some((fallback, can_steal)) = self.find_suitable_fallback(st, current, start_mt)
+            else {
+                continue;
+            };
+            if !can_steal && start_mt == MigrateType::Movable && current > order {
+                // find_smallest
+                found = (order..MAX_ORDER as u32).find_map(|o| {
+                    self.find_suitable_fallback(st, o, start_mt)
+                        .map(|(f, c)| (o, f, c))
+                });
+            } else {
+                found = Some((current, fallback, can_steal));
+            }
+            break;
+        }
+        let Some((current, fallback, can_steal)) = found else {
+            return false;
+        };
+        let Some(pfn) = st
+            .free
+            .get_page_from_free_area(&self.tags, current, fallback)
+        else {
+            return false;
+        };
+        self.steal_suitable_fallback(st, pfn, current, fallback, start_mt, can_steal);
+        true
+    }
+
+    /// `steal_suitable_fallback()`. Watermark boosting is not done (there is no kswapd to
+    /// undo it), so `boost` stays 0.
+    fn steal_suitable_fallback(
+        &self,
+        st: &mut ZoneState,
+        pfn: u64,
+        current_order: u32,
+        list: MigrateType,
+        start_type: MigrateType,
+        whole_block: bool,
+    ) {
+        let old_block_type = self.pageblock_mt(pfn);
+        if current_order >= PAGEBLOCK_ORDER {
+            // change_pageblock_range()
+            let first = self.pb(pfn);
+            for pb in first..first + (1 << (current_order - PAGEBLOCK_ORDER)) {
+                self.pageblocks.set(pb, start_type);
+            }
+        } else if whole_block {
+            let (free_pages, movable_pages) = self.move_freepages_block(st, pfn, start_type);
+            if free_pages > 0 {
+                let alike_pages = if start_type == MigrateType::Movable {
+                    movable_pages
+                } else if old_block_type == MigrateType::Movable {
+                    PAGEBLOCK_NR_PAGES.saturating_sub(free_pages + movable_pages)
+                } else {
+                    0
+                };
+                if free_pages + alike_pages >= 1 << (PAGEBLOCK_ORDER - 1) {
+                    self.pageblocks.set(self.pb(pfn), start_type);
+                }
+                return;
+            }
+        }
+        // single_page:
+        st.free
+            .move_to_free_list(&self.tags, pfn, current_order, list, start_type);
+    }
+
+    /// `move_freepages_block()`: moves every free block whose head lies in the pageblock of
+    /// `pfn` to list `mt`. Returns (pages moved, "movable" allocated pages). Without a
+    /// `struct page` the pool cannot see `PageLRU`/`__PageMovable`; it counts the allocated
+    /// pages of a MOVABLE pageblock as movable and those of other pageblocks as not.
+    pub(crate) fn move_freepages_block(
+        &self,
+        st: &mut ZoneState,
+        pfn: u64,
+        mt: MigrateType,
+    ) -> (u64, u64) {
+        let mut start = pfn & !(PAGEBLOCK_NR_PAGES - 1);
+        let end = start + PAGEBLOCK_NR_PAGES;
+        if !self.spans(start) {
+            start = pfn;
+        }
+        if !self.spans(end - 1) {
+            return (0, 0);
+        }
+        let mut moved = 0;
+        for order in 0..MAX_ORDER as u32 {
+            for (head, list) in st.free.heads_in(&self.tags, order, start, end) {
+                if list != mt {
+                    st.free.move_to_free_list(&self.tags, head, order, list, mt);
+                }
+                moved += 1 << order;
+            }
+        }
+        let movable = if self.pageblock_mt(start) == MigrateType::Movable {
+            present_in(&st.present_ranges, start, end).saturating_sub(moved)
+        } else {
+            0
+        };
+        (moved, movable)
+    }
+
+    /// `__rmqueue()`.
+    #[inline]
+    pub(crate) fn rmqueue_locked(
+        &self,
+        st: &mut ZoneState,
+        order: u32,
+        mt: MigrateType,
+        flags: AllocFlags,
+    ) -> Option<u64> {
+        loop {
+            if let Some(pfn) = self.rmqueue_smallest(st, order, mt) {
+                return Some(pfn);
+            }
+            if !self.rmqueue_fallback(st, order, mt, flags) {
+                return None;
+            }
+        }
+    }
+
+    /// `__free_one_page()`: frees a block and merges it with its buddies while they are free
+    /// blocks of the same order; at pageblock order and above not across an isolated
+    /// pageblock boundary.
+    #[inline]
+    pub(crate) fn free_one_page_locked(
+        &self,
+        st: &mut ZoneState,
+        mut pfn: u64,
+        mut order: u32,
+        mt: MigrateType,
+    ) {
+        while order < MAX_ORDER as u32 - 1 {
+            let buddy = pfn ^ (1 << order);
+            let Some(buddy_list) = st.free.free_block_list(&self.tags, buddy, order) else {
+                break;
+            };
+            if order >= PAGEBLOCK_ORDER {
+                let buddy_mt = self.pageblock_mt(buddy);
+                if mt != buddy_mt
+                    && (!migratetype_is_mergeable(mt) || !migratetype_is_mergeable(buddy_mt))
+                {
+                    break;
+                }
+            }
+            st.free.del_page_from_free_list(buddy, order, buddy_list);
+            pfn &= buddy;
+            order += 1;
+        }
+        st.free.add_to_free_list(&self.tags, pfn, order, mt);
+    }
+
+    // ----- allocation and free entry points -------------------------------------------
+
+    /// `rmqueue_buddy()` with the watermark check done under the lock for high orders:
+    /// takes a block for a caller, or `None`.
+    pub(crate) fn rmqueue_buddy(
+        &self,
+        order: u32,
+        mt: MigrateType,
+        flags: AllocFlags,
+        mark_plus_reserve: Option<u64>,
+    ) -> Option<u64> {
+        let mut st = lock(&self.state);
+        if let Some(limit) = mark_plus_reserve {
+            if !super::watermark::zone_watermark_ok(
+                st.free.nr_free_pages,
+                order,
+                limit,
+                0,
+                &st.free.area,
+            ) {
+                return None;
+            }
+        }
+        let pfn = self.rmqueue_locked(&mut st, order, mt, flags);
+        if let Some(p) = pfn {
+            self.set_alloc_order(p, order);
+        }
+        self.publish(&st);
+        pfn
+    }
+
+    /// `rmqueue_pcplist()` for order 0.
+    #[inline]
+    pub(crate) fn rmqueue_pcplist(
+        &self,
+        slot: usize,
+        mt: MigrateType,
+        flags: AllocFlags,
+    ) -> Option<u64> {
+        let mut pcp = lock(&self.pcp[slot].0);
+        pcp.free_factor >>= 1;
+        let l = list_index(mt);
+        if pcp.lists[l].is_empty() {
+            let batch = pcp.batch.max(1);
+            let mut st = lock(&self.state);
+            let mut got = 0;
+            for _ in 0..batch {
+                let Some(pfn) = self.rmqueue_locked(&mut st, 0, mt, flags) else {
+                    break;
+                };
+                self.set_alloc_order(pfn, 0);
+                pcp.lists[l].push_back(pfn);
+                got += 1;
+            }
+            self.publish(&st);
+            drop(st);
+            pcp.count += got;
+        }
+        let pfn = pcp.lists[l].pop_front()?;
+        pcp.count -= 1;
+        Some(pfn)
+    }
+
+    /// `free_one_page()`: frees straight to the buddy lists under the zone lock.
+    pub(crate) fn free_one_page(&self, pfn: u64, order: u32) {
+        let mut st = lock(&self.state);
+        let mt = self.pageblock_mt(pfn);
+        self.free_one_page_locked(&mut st, pfn, order, mt);
+        self.publish(&st);
+    }
+
+    /// `free_unref_page()` for order 0: onto this slot's per-CPU list, flushing a batch when
+    /// the list reaches `high`; pages of isolated pageblocks go straight to the buddy.
+    #[inline]
+    pub(crate) fn free_unref_page(&self, slot: usize, pfn: u64) {
+        let mt = self.pageblock_mt(pfn);
+        if mt == MigrateType::Isolate || self.pcp_disabled.load(Ordering::Acquire) {
+            self.free_one_page(pfn, 0);
+            return;
+        }
+        let mut pcp = lock(&self.pcp[slot].0);
+        let l = list_index(mt);
+        pcp.lists[l].push_front(pfn);
+        pcp.count += 1;
+        let high = pcp.high;
+        if pcp.count >= high {
+            let batch = pcp.batch;
+            let n = pcp.nr_pcp_free(high, batch);
+            self.free_pcppages_bulk(&mut pcp, n, l);
+        }
+    }
+
+    /// `free_pcppages_bulk()`: returns `count` pages, round robin over the lists starting
+    /// with list `pindex`, oldest first.
+    pub(crate) fn free_pcppages_bulk(&self, pcp: &mut PerCpuPages, count: u64, pindex: usize) {
+        let mut count = count.min(pcp.count);
+        if count == 0 {
+            return;
+        }
+        let isolated = self.nr_isolate_pageblock.load(Ordering::Acquire) > 0;
+        let nlists = pcp.lists.len();
+        let mut p = (pindex + nlists - 1) % nlists;
+        let mut st = lock(&self.state);
+        while count > 0 {
+            loop {
+                p = (p + 1) % nlists;
+                if !pcp.lists[p].is_empty() {
+                    break;
+                }
+            }
+            while let Some(pfn) = pcp.lists[p].pop_back() {
+                count -= 1;
+                pcp.count -= 1;
+                let mt = if isolated {
+                    self.pageblock_mt(pfn)
+                } else {
+                    list_migratetype(p)
+                };
+                self.free_one_page_locked(&mut st, pfn, 0, mt);
+                if count == 0 {
+                    break;
+                }
+            }
+        }
+        self.publish(&st);
+    }
+
+    /// `drain_pages_zone()` for every slot.
+    pub(crate) fn drain_pages(&self) {
+        for slot in self.pcp.iter() {
+            let mut pcp = lock(&slot.0);
+            let n = pcp.count;
+            self.free_pcppages_bulk(&mut pcp, n, 0);
+        }
+    }
+
+    /// `zone_pcp_update()`: sets high and batch of every slot.
+    pub(crate) fn set_pcp_high_batch(&self, high: u64, batch: u64) {
+        for slot in self.pcp.iter() {
+            let mut pcp = lock(&slot.0);
+            pcp.high = high;
+            pcp.batch = batch;
+        }
+    }
+
+    /// Pages on the per-CPU lists of all slots.
+    pub(crate) fn pcp_count(&self) -> u64 {
+        self.pcp.iter().map(|s| lock(&s.0).count).sum()
+    }
+
+    /// Bytes of metadata the zone allocated.
+    pub(crate) fn metadata_bytes(&self) -> usize {
+        lock(&self.state).free.bytes()
+            + self.alloc_heads.bytes()
+            + self.tags.bytes()
+            + self.pageblocks.bytes()
+    }
+}
+
+/// Pages of `ranges` inside `[start, end)`.
+pub(crate) fn present_in(ranges: &[(u64, u64)], start: u64, end: u64) -> u64 {
+    ranges
+        .iter()
+        .map(|&(s, e)| e.min(end).saturating_sub(s.max(start)))
+        .sum()
+}
