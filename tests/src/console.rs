@@ -113,6 +113,7 @@ impl Console {
             echo: std::env::var("MEMTIDE_CONSOLE_ECHO").is_ok_and(|v| v == "1"),
         });
         let s = Arc::clone(&shared);
+        let born = Instant::now();
         let mut log = log.and_then(|p| File::options().create(true).append(true).open(p).ok());
         thread::Builder::new()
             .name(format!("console-{name}"))
@@ -137,7 +138,8 @@ impl Console {
                             .trim_start_matches('\r')
                             .to_string();
                         if s.echo {
-                            eprintln!("[{}] {}", s.name, text);
+                            let t = born.elapsed().as_secs_f64();
+                            crate::timing::say(&format!("[{} +{t:.2}] {text}", s.name));
                         }
                         new.push(Line {
                             at: Instant::now(),

@@ -80,6 +80,9 @@ pub struct HostConfig {
     pub image: Option<GuestImage>,
     /// Binaries to put at `/bin/<file name>` in the host, with their shared libraries.
     pub extra_binaries: Vec<PathBuf>,
+    /// Strip debug info from the extra binaries' copies (default true: a debug build of
+    /// memtide is ~35 MiB, most of it debug info, which the TCG host would unpack at boot).
+    pub strip_binaries: bool,
     /// Files to put into the host: (local file, absolute path in the host).
     pub extra_files: Vec<(PathBuf, String)>,
     /// TCP ports inside the host to forward from free loopback ports outside
@@ -98,6 +101,7 @@ impl Default for HostConfig {
             cpus: 2,
             image: None,
             extra_binaries: Vec::new(),
+            strip_binaries: true,
             extra_files: Vec::new(),
             forward_ports: Vec::new(),
             kernel_args: String::new(),
@@ -274,7 +278,7 @@ impl EmulatedHost {
         ensure_dir(&log_dir)?;
 
         let built = Instant::now();
-        let (archive, binaries) = host_archive(cfg, image, kernel, &qemu)?;
+        let (archive, binaries) = host_archive(cfg, image, kernel, &qemu, &run_dir)?;
         let initrd = run_dir.join("host.cpio");
         archive.write_file(&initrd, false)?;
         let build_time = built.elapsed();
@@ -689,6 +693,7 @@ fn host_archive(
     image: &GuestImage,
     kernel: &DebianKernel,
     qemu: &Path,
+    run_dir: &Path,
 ) -> Result<(Archive, Vec<String>)> {
     let mut a = Archive::new();
     for d in [
@@ -739,7 +744,20 @@ fn host_archive(
     for b in &cfg.extra_binaries {
         let name = b.file_name().and_then(|n| n.to_str()).unwrap_or("binary");
         let dest = format!("{HOST_BIN_DIR}/{name}");
-        add_binary(&mut a, b, &dest)?;
+        let src = if cfg.strip_binaries && tools::which("strip").is_some() {
+            let stripped = run_dir.join(format!("stripped-{name}"));
+            tools::run(
+                Command::new("strip")
+                    .arg("--strip-debug")
+                    .arg("-o")
+                    .arg(&stripped)
+                    .arg(b),
+            )?;
+            stripped
+        } else {
+            b.clone()
+        };
+        add_binary(&mut a, &src, &dest)?;
         binaries.push(dest);
     }
     for (src, dst) in &cfg.extra_files {
