@@ -58,6 +58,9 @@ pub enum ConfigError {
     /// A hot-pluggable range is not a multiple of [`HOTPLUG_ALIGN`].
     #[error("hotplug_size {0:#x} of guest NUMA node {1} is not a multiple of 128 MiB")]
     UnalignedHotplug(u64, u32),
+    /// The topology (one package per node) needs APIC ids beyond 254.
+    #[error("{0} vCPUs over {1} NUMA nodes need APIC id {2}, beyond the xAPIC limit of 254")]
+    ApicIdsExhausted(u32, usize, u32),
     /// Guest RAM beyond what x86_64 guests can address here (1 TiB).
     #[error("guest memory {0} bytes is beyond memtide's 1 TiB limit")]
     MemoryTooLarge(u64),
@@ -302,6 +305,14 @@ impl VmConfig {
         if let Some(c) = owner.iter().position(|&k| k != 1) {
             return Err(ConfigError::VcpuNodes(c as u32));
         }
+        let max_apic = crate::cpu::topology::CpuTopology::new(&self.vcpu_nodes()).max_apic_id();
+        if max_apic > MAX_VCPUS {
+            return Err(ConfigError::ApicIdsExhausted(
+                self.vcpus,
+                self.nodes().len(),
+                max_apic,
+            ));
+        }
         Ok(())
     }
 }
@@ -401,6 +412,23 @@ mod tests {
             c.validate(),
             Err(ConfigError::MemoryMismatch(_, _))
         ));
+    }
+
+    #[test]
+    fn apic_ids_beyond_xapic_are_rejected() {
+        let mut c = VmConfig::new("/k".into(), 202, 512 << 20);
+        c.numa = vec![
+            "guest_numa_id=0,cpus=0-199,memory=256M"
+                .parse()
+                .expect("valid"),
+            "guest_numa_id=1,cpus=200-201,memory=256M"
+                .parse()
+                .expect("valid"),
+        ];
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::ApicIdsExhausted(202, 2, 257))
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use vmm_sys_util::signal::Killable;
 use crate::acpi::{self, AcpiConfig};
 use crate::boot::{cmdline, loader, params};
 use crate::config::{ConfigError, SerialOutput, VmConfig};
+use crate::cpu::topology::CpuTopology;
 use crate::cpu::vcpu::{self, Vcpu, VcpuError};
 use crate::devices::serial::{SerialDevice, SerialOut, COM1_IRQ, COM1_PORT, UART_PORTS};
 use crate::devices::shutdown::{AcpiShutdown, I8042Reset, I8042_PORT, SHUTDOWN_PORT};
@@ -330,10 +331,12 @@ impl Prepared {
             )
             .map_err(VmError::CmdlineLoad)?;
             let vcpu_nodes = config.vcpu_nodes();
+            let topo = CpuTopology::new(&vcpu_nodes);
             let rsdp = acpi::create_acpi_tables(
                 mem,
                 &AcpiConfig {
                     vcpu_nodes: &vcpu_nodes,
+                    apic_ids: topo.apic_ids(),
                     nodes: config.nodes().len() as u32,
                     map: &self.map,
                 },
@@ -361,16 +364,17 @@ impl Prepared {
                 .map_err(|e| VmError::KvmIoctl("KVM_GET_SUPPORTED_CPUID", e))?;
             let tsc_deadline = self.kvm.check_extension(Cap::TscDeadlineTimer);
             let mut vcpus = Vec::new();
-            for id in 0..config.vcpus {
+            for &id in topo.apic_ids() {
                 let v = Vcpu::new(
                     &vm,
                     id,
-                    config.vcpus,
+                    &topo,
                     &base_cpuid,
                     tsc_deadline,
                     bus.clone(),
                     exit.clone(),
                 )?;
+                // KVM's boot vCPU is the one with id 0.
                 if id == 0 {
                     v.setup_boot(mem, kernel.entry)?;
                 }
@@ -458,7 +462,8 @@ mod tests {
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .expect("cpuid");
-        let v = Vcpu::new(&vm, 0, 1, &cpuid, false, Arc::new(bus), exit.clone()).expect("vcpu");
+        let topo = CpuTopology::new(&[0]);
+        let v = Vcpu::new(&vm, 0, &topo, &cpuid, false, Arc::new(bus), exit.clone()).expect("vcpu");
         let mut sregs = v.fd().get_sregs().expect("sregs");
         sregs.cs.base = 0;
         sregs.cs.selector = 0;
@@ -505,8 +510,10 @@ mod tests {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .expect("cpuid");
         let mut vcpus = Vec::new();
+        let topo = CpuTopology::new(&[0, 0]);
         for id in 0..2 {
-            let v = Vcpu::new(&vm, id, 2, &cpuid, false, bus.clone(), exit.clone()).expect("vcpu");
+            let v =
+                Vcpu::new(&vm, id, &topo, &cpuid, false, bus.clone(), exit.clone()).expect("vcpu");
             if id == 0 {
                 let mut sregs = v.fd().get_sregs().expect("sregs");
                 sregs.cs.base = 0;

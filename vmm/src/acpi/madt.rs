@@ -1,4 +1,4 @@
-//! MADT: one local APIC per vCPU (APIC id = vCPU index), the in-kernel IOAPIC, ISA IRQ 0 →
+//! MADT: one local APIC per vCPU (in vCPU order, ACPI uid = vCPU index), the in-kernel IOAPIC, ISA IRQ 0 →
 //! GSI 2 (KVM routes the PIT to IOAPIC pin 2) and LINT1 as NMI on every CPU.
 
 use acpi_tables::sdt::Sdt;
@@ -12,15 +12,15 @@ const TYPE_IO_APIC: u8 = 1;
 const TYPE_INTERRUPT_OVERRIDE: u8 = 2;
 const TYPE_LOCAL_APIC_NMI: u8 = 4;
 
-/// The MADT for `vcpus` CPUs.
-pub fn madt(vcpus: u32) -> Vec<u8> {
+/// The MADT for vCPUs with `apic_ids` (by vCPU index).
+pub fn madt(apic_ids: &[u32]) -> Vec<u8> {
     let mut sdt = Sdt::new(*b"APIC", 36, 5, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     let mut body = Vec::new();
     body.extend((APIC_START as u32).to_le_bytes());
     body.extend(0u32.to_le_bytes()); // flags: no PC-AT dual 8259 to mask
-    for id in 0..vcpus {
+    for (uid, &apic) in apic_ids.iter().enumerate() {
         // type, length, ACPI processor uid, APIC id, flags (enabled)
-        body.extend([TYPE_LOCAL_APIC, 8, id as u8, id as u8]);
+        body.extend([TYPE_LOCAL_APIC, 8, uid as u8, apic as u8]);
         body.extend(1u32.to_le_bytes());
     }
     body.extend([TYPE_IO_APIC, 12, 0, 0]);
@@ -44,7 +44,7 @@ mod tests {
 
     #[test]
     fn madt_has_one_lapic_per_vcpu() {
-        let m = madt(4);
+        let m = madt(&[0, 1, 4, 5]);
         assert_eq!(super::super::checksum(&m), 0);
         let mut off = 44;
         let mut lapics = Vec::new();
@@ -55,6 +55,6 @@ mod tests {
             off += m[off + 1] as usize;
         }
         assert_eq!(off, m.len());
-        assert_eq!(lapics, vec![0, 1, 2, 3]);
+        assert_eq!(lapics, vec![0, 1, 4, 5]);
     }
 }

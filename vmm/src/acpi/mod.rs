@@ -26,8 +26,10 @@ pub const OEM_REVISION: u32 = 1;
 /// What the tables describe.
 #[derive(Debug, Clone)]
 pub struct AcpiConfig<'a> {
-    /// Guest NUMA node of each vCPU (index = vCPU = APIC id).
+    /// Guest NUMA node of each vCPU (by vCPU index).
     pub vcpu_nodes: &'a [u32],
+    /// APIC id of each vCPU (by vCPU index).
+    pub apic_ids: &'a [u32],
     /// Number of guest NUMA nodes.
     pub nodes: u32,
     /// The guest memory map (boot RAM and hot-pluggable ranges).
@@ -82,12 +84,12 @@ pub fn create_acpi_tables(mem: &GuestMemory, cfg: &AcpiConfig) -> Result<u64, Ac
     };
     let dsdt = w.put(&dsdt::dsdt())?;
     let fadt = w.put(&fadt::fadt(dsdt))?;
-    let madt = w.put(&madt::madt(cfg.vcpu_nodes.len() as u32))?;
+    let madt = w.put(&madt::madt(cfg.apic_ids))?;
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt);
     xsdt.add_entry(madt);
     if cfg.nodes > 1 || !cfg.map.hotplug.is_empty() {
-        xsdt.add_entry(w.put(&srat::srat(cfg.vcpu_nodes, cfg.map))?);
+        xsdt.add_entry(w.put(&srat::srat(cfg.vcpu_nodes, cfg.apic_ids, cfg.map))?);
         xsdt.add_entry(w.put(&slit::slit(cfg.nodes))?);
     }
     let xsdt_addr = w.put(&bytes_of(&xsdt))?;
@@ -132,6 +134,7 @@ mod tests {
             &mem,
             &AcpiConfig {
                 vcpu_nodes: &[0, 1],
+                apic_ids: &[0, 1],
                 nodes: 2,
                 map: &map,
             },

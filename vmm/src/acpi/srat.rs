@@ -11,13 +11,14 @@ use crate::layout::GuestMemoryMap;
 /// SRAT structure type of a processor local APIC affinity entry.
 const TYPE_LOCAL_APIC_AFFINITY: u8 = 0;
 
-/// The SRAT for vCPUs on `vcpu_nodes` (index = APIC id) and the memory of `map`.
-pub fn srat(vcpu_nodes: &[u32], map: &GuestMemoryMap) -> Vec<u8> {
+/// The SRAT for vCPUs on `vcpu_nodes` with `apic_ids` (both by vCPU index) and the memory of
+/// `map`.
+pub fn srat(vcpu_nodes: &[u32], apic_ids: &[u32], map: &GuestMemoryMap) -> Vec<u8> {
     let mut sdt = Sdt::new(*b"SRAT", 36, 3, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     let mut body = Vec::new();
     body.extend(1u32.to_le_bytes()); // reserved, 1 for compatibility
     body.extend(0u64.to_le_bytes());
-    for (apic, &node) in vcpu_nodes.iter().enumerate() {
+    for (&apic, &node) in apic_ids.iter().zip(vcpu_nodes) {
         let pd = node.to_le_bytes();
         body.extend([TYPE_LOCAL_APIC_AFFINITY, 16, pd[0], apic as u8]);
         body.extend(1u32.to_le_bytes()); // enabled
@@ -56,7 +57,7 @@ mod tests {
                 hotplug_size: if i == 1 { 1 << 30 } else { 0 },
             })
             .collect();
-        let s = srat(&[0, 1, 1], &GuestMemoryMap::new(&nodes));
+        let s = srat(&[0, 1, 1], &[0, 2, 3], &GuestMemoryMap::new(&nodes));
         assert_eq!(super::super::checksum(&s), 0);
         let mut off = 48;
         let (mut cpus, mut mems) = (Vec::new(), Vec::new());
@@ -73,7 +74,7 @@ mod tests {
             }
             off += s[off + 1] as usize;
         }
-        assert_eq!(cpus, vec![(0, 0), (1, 1), (2, 1)]);
+        assert_eq!(cpus, vec![(0, 0), (2, 1), (3, 1)]);
         assert_eq!(mems, vec![(0, 0, 1), (1, 256 << 20, 1), (1, 4 << 30, 3)]);
     }
 }

@@ -1,8 +1,10 @@
 //! Per-vCPU CPUID derived from `KVM_GET_SUPPORTED_CPUID`: the APIC id in leaves 1, 0xb and
-//! 0x1f, and a topology of one socket with `n` single-threaded cores (leaves 1, 4, 0xb/0x1f,
-//! 0x8000_0008), so the guest's view of packages and cores matches the MADT.
+//! 0x1f, and the [`CpuTopology`] (one package per guest NUMA node of single-threaded cores) in
+//! leaves 1, 4, 0xb/0x1f and 0x8000_0008, so the guest's packages match its NUMA nodes.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+
+use super::topology::CpuTopology;
 
 /// Leaf 1 EDX: Hyper-Threading (more than one logical processor per package).
 const LEAF1_EDX_HTT: u32 = 1 << 28;
@@ -18,21 +20,13 @@ const EXT1_ECX_CMP_LEGACY: u32 = 1 << 1;
 const LEVEL_SMT: u32 = 1;
 const LEVEL_CORE: u32 = 2;
 
-/// Bits needed to number `n` items (ceil(log2(n))).
-fn bits_for(n: u32) -> u32 {
-    if n <= 1 {
-        0
-    } else {
-        32 - (n - 1).leading_zeros()
-    }
-}
-
-/// Adjusts one CPUID entry for the vCPU with `apic_id` in a VM of `nvcpus`.
-fn patch(e: &mut kvm_cpuid_entry2, apic_id: u32, nvcpus: u32, tsc_deadline: bool) {
-    let core_bits = bits_for(nvcpus);
+/// Adjusts one CPUID entry for the vCPU with `apic_id` (`nvcpus` = cores per package).
+fn patch(e: &mut kvm_cpuid_entry2, apic_id: u32, topo: &CpuTopology, tsc_deadline: bool) {
+    let core_bits = topo.core_bits();
+    let nvcpus = topo.cores_per_package();
     match e.function {
         0x1 => {
-            e.ebx = (apic_id << 24) | ((nvcpus.min(255)) << 16) | (8 << 8);
+            e.ebx = (apic_id << 24) | (((1u32 << core_bits) & 0xff) << 16) | (8 << 8);
             e.ecx |= LEAF1_ECX_HYPERVISOR;
             if tsc_deadline {
                 e.ecx |= LEAF1_ECX_TSC_DEADLINE;
@@ -47,7 +41,9 @@ fn patch(e: &mut kvm_cpuid_entry2, apic_id: u32, nvcpus: u32, tsc_deadline: bool
             // EAX[31:26]: cores per package - 1; EAX[25:14]: threads sharing the cache - 1.
             let level = (e.eax >> 5) & 0x7;
             let sharing = if level >= 3 { nvcpus - 1 } else { 0 };
-            e.eax = (e.eax & 0x3fff) | ((sharing & 0xfff) << 14) | (((nvcpus - 1) & 0x3f) << 26);
+            e.eax = (e.eax & 0x3fff)
+                | ((sharing & 0xfff) << 14)
+                | ((((1u32 << core_bits) - 1) & 0x3f) << 26);
         }
         0xb | 0x1f => {
             e.edx = apic_id;
@@ -91,11 +87,21 @@ fn patch(e: &mut kvm_cpuid_entry2, apic_id: u32, nvcpus: u32, tsc_deadline: bool
     }
 }
 
+/// The XCR0 value enabling every XSAVE feature `cpuid` offers (leaf 0xd, subleaf 0), if any.
+pub fn supported_xcr0(cpuid: &CpuId) -> Option<u64> {
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0xd && e.index == 0)
+        .map(|e| u64::from(e.eax) | (u64::from(e.edx) << 32))
+        .filter(|&x| x & 0x3 == 0x3)
+}
+
 /// The CPUID of the vCPU with `apic_id`, from the host-supported `base`.
-pub fn vcpu_cpuid(base: &CpuId, apic_id: u32, nvcpus: u32, tsc_deadline: bool) -> CpuId {
+pub fn vcpu_cpuid(base: &CpuId, apic_id: u32, topo: &CpuTopology, tsc_deadline: bool) -> CpuId {
     let mut c = base.clone();
     for e in c.as_mut_slice() {
-        patch(e, apic_id, nvcpus, tsc_deadline);
+        patch(e, apic_id, topo, tsc_deadline);
     }
     c
 }
@@ -122,7 +128,7 @@ mod tests {
             entry(0x8000_0008, 0),
         ])
         .expect("cpuid");
-        let c = vcpu_cpuid(&base, 3, 4, true);
+        let c = vcpu_cpuid(&base, 3, &CpuTopology::new(&[0, 0, 0, 0]), true);
         let e = c.as_slice();
         assert_eq!(e[0].ebx >> 24, 3);
         assert_eq!((e[0].ebx >> 16) & 0xff, 4);
@@ -133,19 +139,5 @@ mod tests {
         assert_eq!((e[3].ebx, e[3].ecx), (0, 2));
         assert_eq!(e[4].ecx & 0xff, 3);
         assert_eq!((e[4].ecx >> 12) & 0xf, 2);
-    }
-
-    #[test]
-    fn bits() {
-        assert_eq!(
-            [
-                bits_for(1),
-                bits_for(2),
-                bits_for(3),
-                bits_for(4),
-                bits_for(5)
-            ],
-            [0, 1, 2, 2, 3]
-        );
     }
 }

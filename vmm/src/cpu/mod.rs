@@ -4,4 +4,5 @@
 pub mod cpuid;
 pub mod msrs;
 pub mod regs;
+pub mod topology;
 pub mod vcpu;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Once};
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
+use super::topology::CpuTopology;
 use super::{cpuid, msrs, regs};
 use crate::devices::PioBus;
 use crate::exit::{ExitReason, ExitSignal};
@@ -31,6 +32,9 @@ pub enum VcpuError {
     /// Register setup failed.
     #[error("setting registers of vCPU {0}: {1}")]
     Regs(u32, regs::RegsError),
+    /// KVM_SET_XCRS failed.
+    #[error("setting XCR0 of vCPU {0} to {1:#x}: {2}")]
+    Xcr0(u32, u64, kvm_ioctls::Error),
     /// The kick signal handler could not be installed.
     #[error("installing the vCPU kick signal handler: {0}")]
     Signal(vmm_sys_util::errno::Error),
@@ -61,6 +65,19 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
     Ok(())
 }
 
+/// Starts the vCPU with XCR0 = every XSAVE feature its CPUID offers, the value the guest
+/// kernel enables at boot anyway. KVM derives CPUID[0xd,0].EBX (the XSAVE size) from its own
+/// copy of XCR0; under nested KVM on QEMU TCG the guest's XSETBV does not reach KVM, the
+/// size stays at the x87-only 576 bytes and the kernel disables XSAVE ("XSAVE consistency
+/// problem"). With XCR0 preset the size is right from the start.
+fn set_xcr0(fd: &VcpuFd, xcr0: u64) -> Result<(), kvm_ioctls::Error> {
+    let mut xcrs = fd.get_xcrs()?;
+    xcrs.nr_xcrs = 1;
+    xcrs.xcrs[0].xcr = 0;
+    xcrs.xcrs[0].value = xcr0;
+    fd.set_xcrs(&xcrs)
+}
+
 /// A configured vCPU, ready to run on its own thread.
 pub struct Vcpu {
     fd: VcpuFd,
@@ -76,11 +93,12 @@ impl std::fmt::Debug for Vcpu {
 }
 
 impl Vcpu {
-    /// Creates vCPU `id` (= its APIC id) with CPUID, MSRs and LAPIC LINT pins set.
+    /// Creates the vCPU with APIC (and KVM vCPU) id `id` with CPUID for `topo`, MSRs and the
+    /// LAPIC LINT pins set.
     pub fn new(
         vm: &VmFd,
         id: u32,
-        nvcpus: u32,
+        topo: &CpuTopology,
         base_cpuid: &CpuId,
         tsc_deadline: bool,
         bus: Arc<PioBus>,
@@ -89,7 +107,7 @@ impl Vcpu {
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(|e| VcpuError::Create(id, e))?;
-        let c = cpuid::vcpu_cpuid(base_cpuid, id, nvcpus, tsc_deadline);
+        let c = cpuid::vcpu_cpuid(base_cpuid, id, topo, tsc_deadline);
         fd.set_cpuid2(&c).map_err(|e| VcpuError::Cpuid(id, e))?;
         let m = msrs::boot_msrs().map_err(|e| VcpuError::Msrs(id, e.to_string()))?;
         let n = fd
@@ -100,6 +118,9 @@ impl Vcpu {
             return Err(VcpuError::Msrs(id, format!("KVM refused MSR {bad:#x}")));
         }
         regs::setup_lint(&fd).map_err(|e| VcpuError::Regs(id, e))?;
+        if let Some(xcr0) = cpuid::supported_xcr0(&c) {
+            set_xcr0(&fd, xcr0).map_err(|e| VcpuError::Xcr0(id, xcr0, e))?;
+        }
         Ok(Vcpu { fd, id, bus, exit })
     }
 
