@@ -107,6 +107,14 @@ impl FreeIndex {
         let idx = pfn - self.base;
         let l = list_index(mt);
         self.heads[order as usize].clear(idx >> order);
+        // Keep the summary tight: once the pageblock holds no free head of this order at
+        // all, its bit for this list is cleared (it can only stay stale while blocks of the
+        // same order on other lists remain in the pageblock).
+        let pb = idx >> PAGEBLOCK_ORDER;
+        let (start, end) = pageblock_bits(pb, order);
+        if self.heads[order as usize].find_next(start, end).is_none() {
+            self.summary[order as usize][l].clear(pb);
+        }
         let area = &mut self.area[order as usize];
         area.nr_free -= 1;
         area.nr_free_mt[l] -= 1;
@@ -182,9 +190,7 @@ impl FreeIndex {
         let l = list_index(mt);
         let o = order as usize;
         while let Some(pb) = self.summary[o][l].find_first() {
-            let pb_start = pb << PAGEBLOCK_ORDER;
-            let start = (pb_start + (1 << order) - 1) >> order;
-            let end = (pb_start + (1 << PAGEBLOCK_ORDER) + (1 << order) - 1) >> order;
+            let (start, end) = pageblock_bits(pb, order);
             let mut i = start;
             while let Some(bit) = self.heads[o].find_next(i, end) {
                 let idx = bit << order;
@@ -238,6 +244,18 @@ impl FreeIndex {
                 .flat_map(|s| s.iter().map(LevelBitmap::bytes))
                 .sum::<usize>()
     }
+}
+
+/// The bit range of `heads[order]` whose blocks start in pageblock `pb` (for order 10 only
+/// even pageblocks have one).
+#[inline]
+fn pageblock_bits(pb: u64, order: u32) -> (u64, u64) {
+    let pb_start = pb << PAGEBLOCK_ORDER;
+    let round = (1u64 << order) - 1;
+    (
+        (pb_start + round) >> order,
+        (pb_start + (1 << PAGEBLOCK_ORDER) + round) >> order,
+    )
 }
 
 #[cfg(test)]
