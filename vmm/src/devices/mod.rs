@@ -2,6 +2,7 @@
 
 pub mod serial;
 pub mod shutdown;
+pub mod virtio;
 
 use std::sync::{Arc, Mutex};
 

@@ -85,8 +85,7 @@ pub trait VirtioDevice: Send {
 
     /// Handles the available buffers of queue `index`. Returns whether used buffers were
     /// added (the transport then raises the used-buffer interrupt).
-    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &VirtioGuestMemory)
-        -> bool;
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &VirtioGuestMemory) -> bool;
 
     /// The driver reset the device (status 0): back to the pre-activation state. Device
     /// state the spec keeps across a reset (e.g. plugged memory) stays.

@@ -103,7 +103,7 @@ mod tests {
         #[test]
         fn matches_a_vec_of_bools(ops in proptest::collection::vec((0usize..200, 0usize..80, any::<bool>()), 0..40)) {
             let mut b = BlockBitmap::new(150);
-            let mut model = vec![false; 150];
+            let mut model = [false; 150];
             for (first, count, value) in ops {
                 b.set_range(first, count, value);
                 for m in model.iter_mut().skip(first).take(count) {

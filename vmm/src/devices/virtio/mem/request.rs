@@ -192,7 +192,7 @@ impl UsableRegion {
         if req.nb_blocks == 0 {
             return Err(RangeError::NoBlocks(req.addr));
         }
-        if req.addr % self.block_size != 0 {
+        if !req.addr.is_multiple_of(self.block_size) {
             return Err(RangeError::Unaligned(req.addr, self.block_size));
         }
         let outside = RangeError::OutsideUsable(req.addr, req.nb_blocks);
