@@ -86,8 +86,11 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     n.checked_mul(1u64 << shift).ok_or_else(bad)
 }
 
-/// Parses a vCPU list: `0-3`, `[0-1,4]`, `2`.
+/// Parses a vCPU list: `0-3`, `[0-1,4]`, `2`, or `[]` for a node with memory only.
 fn parse_cpu_list(s: &str) -> Result<Vec<u32>, String> {
+    if s.trim() == "[]" {
+        return Ok(Vec::new());
+    }
     let inner = s.trim().trim_start_matches('[').trim_end_matches(']');
     let mut cpus = Vec::new();
     for part in inner.split([',', ':']).filter(|p| !p.is_empty()) {
@@ -347,6 +350,8 @@ mod tests {
         assert_eq!(n.memory, 256 << 20);
         assert_eq!(n.host_node, 1);
         assert_eq!(n.hotplug_size, 1 << 30);
+        let n: NumaNodeConfig = "guest_numa_id=1,cpus=[],memory=64M".parse().expect("valid");
+        assert!(n.vcpus.is_empty());
         let n: NumaNodeConfig = "guest_numa_id=0,cpus=2,memory=64M".parse().expect("valid");
         assert_eq!((n.vcpus.clone(), n.host_node), (vec![2], 0));
         assert!("guest_numa_id=0,memory=64M"

@@ -24,8 +24,9 @@ use crate::devices::{BusError, PioBus};
 use crate::event_loop::{EventLoop, EventLoopError};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::layout::{GuestMemoryMap, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
-use crate::memory::backing::{BackingAllocator, LinearBacking};
-use crate::memory::host::{host_node_exists, HostMemory, HostMemoryError};
+use crate::memory::backing::BackingAllocator;
+use crate::memory::host::{host_node_bytes, host_node_exists, HostMemory, HostMemoryError};
+use crate::memory::pool::PoolBacking;
 use crate::memory::{GuestRam, MemoryError};
 
 /// Everything that can stop a VM from being built or run.
@@ -43,6 +44,12 @@ pub enum VmError {
     /// More vCPUs than this host's KVM supports.
     #[error("--vcpus {0} exceeds this host's KVM limit of {1} (KVM_CAP_MAX_VCPUS)")]
     TooManyVcpus(u32, usize),
+    /// The host node's memory cannot be read.
+    #[error("cannot read the size of host node {0} (/sys/devices/system/node/node{0}/meminfo)")]
+    HostNodeSize(u32),
+    /// The host memory pool could not be built.
+    #[error(transparent)]
+    Pool(#[from] crate::memory::pool::PoolBackingError),
     /// A guest node names a host node that does not exist.
     #[error("guest NUMA node {0} is backed by host node {1}, which does not exist on this host")]
     NoHostNode(u32, u32),
@@ -98,6 +105,7 @@ impl VmError {
                 | VmError::TooManyVcpus(..)
                 | VmError::NoHostNode(..)
                 | VmError::SerialFile(..)
+                | VmError::Memory(MemoryError::Backing(_))
         )
     }
 }
@@ -179,21 +187,25 @@ impl Drop for Vm {
 }
 
 impl Vm {
-    /// Builds the VM with its own memfds and a [`LinearBacking`] allocator sized to its RAM,
-    /// the serial console as the config says.
+    /// Builds the VM with its own host memory pool over the host nodes it uses (each node's
+    /// whole memory, one memfd per node), the serial console as the config says.
     pub fn new(config: &VmConfig) -> Result<Self, VmError> {
         let prepared = Prepared::check(config)?;
-        let mut per_host: Vec<(u32, u64)> = Vec::new();
-        for n in config.nodes() {
-            match per_host.iter_mut().find(|(h, _)| *h == n.host_node) {
-                Some((_, s)) => *s += n.memory,
-                None => per_host.push((n.host_node, n.memory)),
-            }
-        }
-        let host = Arc::new(HostMemory::new(&per_host)?);
-        let allocator = Box::new(LinearBacking::new(&per_host));
+        let mut host_nodes: Vec<u32> = config.nodes().iter().map(|n| n.host_node).collect();
+        host_nodes.sort_unstable();
+        host_nodes.dedup();
+        let sizes = host_nodes
+            .iter()
+            .map(|&n| {
+                host_node_bytes(n)
+                    .map(|b| (n, b))
+                    .ok_or(VmError::HostNodeSize(n))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let pool = PoolBacking::new(&sizes, None, None)?;
+        let host = Arc::new(HostMemory::new(&pool.memfd_sizes())?);
         let out = serial_output(config)?;
-        prepared.build(config, host, allocator, out)
+        prepared.build(config, host, Box::new(pool), out)
     }
 
     /// Builds the VM on shared host memory with the given allocator (the pool) and serial
@@ -221,9 +233,12 @@ impl Vm {
     /// SIGTERM/SIGINT arrives. Returns why it stopped.
     pub fn run(mut self, signals: bool) -> Result<ExitReason, VmError> {
         let mut event_loop = EventLoop::new(self.exit.clone(), signals)?;
-        if self.serial_input {
+        let _raw = if self.serial_input {
             event_loop.add_serial_input(libc::STDIN_FILENO, self.serial.clone());
-        }
+            crate::terminal::RawTerminal::enable(libc::STDIN_FILENO)
+        } else {
+            None
+        };
         let handles = spawn_vcpus(std::mem::take(&mut self.vcpus), &self.exit)?;
         let result = event_loop.run();
         if result.is_err() {

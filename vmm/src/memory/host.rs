@@ -41,6 +41,24 @@ pub fn host_node_exists(node: u32) -> bool {
     base.join(format!("node{node}")).exists()
 }
 
+/// Memory of host node `node` in bytes (its MemTotal; /proc/meminfo's for node 0 of a kernel
+/// without NUMA), rounded down to 4 MiB; `None` if it cannot be read.
+pub fn host_node_bytes(node: u32) -> Option<u64> {
+    let base = Path::new("/sys/devices/system/node");
+    let (path, key) = if base.exists() {
+        (base.join(format!("node{node}/meminfo")), "MemTotal:")
+    } else if node == 0 {
+        (Path::new("/proc/meminfo").to_path_buf(), "MemTotal:")
+    } else {
+        return None;
+    };
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.contains(key))?;
+    let mut words = line.split_whitespace().skip_while(|w| *w != key).skip(1);
+    let kib: u64 = words.next()?.parse().ok()?;
+    Some((kib * 1024) & !((4 << 20) - 1))
+}
+
 /// The memfds backing guest RAM, one per host NUMA node.
 #[derive(Debug)]
 pub struct HostMemory {
@@ -159,6 +177,13 @@ mod tests {
         let f = hm.memfd(0).expect("memfd of node 0");
         assert_eq!(f.metadata().expect("stat").len(), 8 << 20);
         assert!(hm.memfd(1).is_none());
+    }
+
+    #[test]
+    fn node_zero_has_memory() {
+        let b = host_node_bytes(0).expect("node 0 meminfo");
+        assert!(b > 0 && b.is_multiple_of(4 << 20));
+        assert_eq!(host_node_bytes(999), None);
     }
 
     #[test]

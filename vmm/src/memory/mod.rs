@@ -4,6 +4,7 @@
 
 pub mod backing;
 pub mod host;
+pub mod pool;
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
