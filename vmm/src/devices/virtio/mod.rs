@@ -13,6 +13,7 @@
 //!   guest finds the device (Debian kernels take no virtio-mmio devices from the command line).
 
 pub mod acpi;
+pub mod event_handler;
 pub mod mem;
 pub mod mmio;
 
