@@ -132,6 +132,34 @@ fn mixed(c: &mut Criterion) {
             },
         );
     }
+    {
+        // The same with the crate's thread-safe wrapper (a spin mutex around it), which is
+        // what the pool's thread safety should be compared with.
+        let f = LockedFrameAllocator::<33>::new();
+        f.lock().add_frame(START as usize, (START + PAGES) as usize);
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut live: Vec<(usize, u32)> = Vec::new();
+        let mut used = 0;
+        while used < target {
+            let o = (rng.next() % 9) as u32;
+            let pfn = f.lock().alloc(1 << o).expect("prefill");
+            live.push((pfn, o));
+            used += 1 << o;
+        }
+        g.bench_function(
+            BenchmarkId::new("buddy_system_allocator_locked", "free+alloc"),
+            |b| {
+                b.iter(|| {
+                    let i = (rng.next() % live.len() as u64) as usize;
+                    let (pfn, o) = live[i];
+                    f.lock().dealloc(pfn, 1 << o);
+                    let no = (rng.next() % 9) as u32;
+                    let n = f.lock().alloc(1 << no).expect("alloc");
+                    live[i] = (n, no);
+                })
+            },
+        );
+    }
     g.finish();
 }
 

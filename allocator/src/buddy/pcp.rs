@@ -1,21 +1,89 @@
-//! Per-CPU page caches for order-0 pages (`struct per_cpu_pages`, `zone_batchsize`,
-//! `zone_highsize`, `nr_pcp_free`).
+//! Per-CPU page caches (`struct per_cpu_pages`, `pcp_allowed_order`, `order_to_pindex`,
+//! `zone_batchsize`, `zone_highsize`, `nr_pcp_free`) for the orders Linux 6.1 caches:
+//! 0..=`PAGE_ALLOC_COSTLY_ORDER` (3) with a list per migratetype, and pageblock order (THP,
+//! 9) with one list for all migratetypes.
 //!
 //! Each zone has one cache per slot; a thread uses the slot it was given the first time it
 //! touched any pool (round robin over the slots), so with as many slots as CPUs two threads
 //! never share a cache. Each slot has its own lock (Linux: `pcp->lock`); the zone lock is
 //! only taken to refill (`rmqueue_bulk`) or flush (`free_pcppages_bulk`) a batch.
-//! Only order 0 is cached (Linux 6.1 also caches orders 1..=3 and THP-sized pages).
+//! A list entry is the block's pfn; on the THP list, whose blocks are 512-aligned, the low
+//! bits also carry the migratetype the block is freed back as (`get_pcppage_migratetype`).
 //!
 //! Pages on a per-CPU list are allocated as far as the buddy allocator is concerned: they are
 //! not in `NR_FREE_PAGES`, exactly as in Linux.
 
-use super::pageblock::NR_FREE_LISTS;
+use super::pageblock::{list_index, list_migratetype};
+use crate::types::{MigrateType, PAGEBLOCK_ORDER};
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// `struct per_cpu_pages` (order-0 lists only, indexed by the pcp migratetypes).
+/// `PAGE_ALLOC_COSTLY_ORDER`.
+pub const PAGE_ALLOC_COSTLY_ORDER: u32 = 3;
+/// `MIGRATE_PCPTYPES`.
+const MIGRATE_PCPTYPES: usize = 3;
+/// `NR_LOWORDER_PCP_LISTS`.
+const NR_LOWORDER_PCP_LISTS: usize = MIGRATE_PCPTYPES * (PAGE_ALLOC_COSTLY_ORDER as usize + 1);
+/// `NR_PCP_LISTS`: the low-order lists plus one THP list.
+pub(crate) const NR_PCP_LISTS: usize = NR_LOWORDER_PCP_LISTS + 1;
+
+/// `pcp_allowed_order()`.
+#[inline]
+pub const fn pcp_allowed_order(order: u32) -> bool {
+    order <= PAGE_ALLOC_COSTLY_ORDER || order == PAGEBLOCK_ORDER
+}
+
+/// `order_to_pindex()`.
+#[inline]
+pub(crate) fn order_to_pindex(mt: MigrateType, order: u32) -> usize {
+    if order > PAGE_ALLOC_COSTLY_ORDER {
+        return NR_LOWORDER_PCP_LISTS;
+    }
+    MIGRATE_PCPTYPES * order as usize + list_index(mt)
+}
+
+/// `pindex_to_order()`.
+#[inline]
+pub(crate) fn pindex_to_order(pindex: usize) -> u32 {
+    if pindex == NR_LOWORDER_PCP_LISTS {
+        PAGEBLOCK_ORDER
+    } else {
+        (pindex / MIGRATE_PCPTYPES) as u32
+    }
+}
+
+/// A list entry for a block.
+#[inline]
+pub(crate) fn pcp_entry(pfn: u64, order: u32, mt: MigrateType) -> u64 {
+    if order > PAGE_ALLOC_COSTLY_ORDER {
+        pfn | list_index(mt) as u64
+    } else {
+        pfn
+    }
+}
+
+/// The pfn of a list entry.
+#[inline]
+pub(crate) fn pcp_entry_pfn(entry: u64, order: u32) -> u64 {
+    if order > PAGE_ALLOC_COSTLY_ORDER {
+        entry & !3
+    } else {
+        entry
+    }
+}
+
+/// The migratetype a list entry is freed back as.
+#[inline]
+pub(crate) fn pcp_entry_mt(entry: u64, pindex: usize) -> MigrateType {
+    if pindex == NR_LOWORDER_PCP_LISTS {
+        list_migratetype((entry & 3) as usize)
+    } else {
+        list_migratetype(pindex % MIGRATE_PCPTYPES)
+    }
+}
+
+/// `struct per_cpu_pages`.
 #[derive(Debug, Default)]
 pub(crate) struct PerCpuPages {
     /// Pages on all lists (`count`).
@@ -26,13 +94,16 @@ pub(crate) struct PerCpuPages {
     pub(crate) batch: u64,
     /// `free_factor`: grows while frees keep flushing, halves on each allocation.
     pub(crate) free_factor: u32,
-    /// Lists per migratetype (UNMOVABLE, MOVABLE, RECLAIMABLE); the front is the list head.
-    pub(crate) lists: [VecDeque<u64>; NR_FREE_LISTS - 1],
+    /// Lists by `order_to_pindex()`; the front is the list head.
+    pub(crate) lists: [VecDeque<u64>; NR_PCP_LISTS],
 }
 
 impl PerCpuPages {
     /// `nr_pcp_free()`: how many pages to flush once `count >= high`.
-    pub(crate) fn nr_pcp_free(&mut self, high: u64, batch: u64) -> u64 {
+    pub(crate) fn nr_pcp_free(&mut self, high: u64, batch: u64, free_high: bool) -> u64 {
+        if free_high {
+            return self.count;
+        }
         if high < batch {
             return 1;
         }
@@ -88,7 +159,11 @@ pub(crate) fn this_slot(nr_slots: usize) -> usize {
         s.set(v);
         v
     });
-    s % nr_slots
+    if s < nr_slots {
+        s
+    } else {
+        s % nr_slots
+    }
 }
 
 #[cfg(test)]
@@ -106,15 +181,30 @@ mod tests {
     }
 
     #[test]
+    fn pindex_round_trips() {
+        for order in [0, 1, 2, 3, 9] {
+            assert!(pcp_allowed_order(order));
+            for mt in MigrateType::PCPTYPES {
+                let p = order_to_pindex(mt, order);
+                assert_eq!(pindex_to_order(p), order);
+                let e = pcp_entry(512 * 7, order, mt);
+                assert_eq!(pcp_entry_pfn(e, order), 512 * 7);
+                assert_eq!(pcp_entry_mt(e, p), mt);
+            }
+        }
+        assert!(!pcp_allowed_order(4) && !pcp_allowed_order(10));
+    }
+
+    #[test]
     fn nr_pcp_free_grows_and_clamps() {
         let mut p = PerCpuPages::default();
-        assert_eq!(p.nr_pcp_free(1000, 63), 63);
-        assert_eq!(p.nr_pcp_free(1000, 63), 126);
+        assert_eq!(p.nr_pcp_free(1000, 63, false), 63);
+        assert_eq!(p.nr_pcp_free(1000, 63, false), 126);
         assert_eq!(p.free_factor, 2);
-        assert_eq!(p.nr_pcp_free(10, 63), 1);
+        assert_eq!(p.nr_pcp_free(10, 63, false), 1);
         for _ in 0..10 {
-            p.nr_pcp_free(1000, 63);
+            p.nr_pcp_free(1000, 63, false);
         }
-        assert_eq!(p.nr_pcp_free(1000, 63), 937);
+        assert_eq!(p.nr_pcp_free(1000, 63, false), 937);
     }
 }

@@ -1,7 +1,7 @@
 //! The pool: every zone of every node, zonelists, watermarks, and the allocation path
 //! (`__alloc_pages` → `get_page_from_freelist` → `rmqueue`).
 
-use super::pcp::{pageset_high_and_batch, this_slot};
+use super::pcp::{pageset_high_and_batch, pcp_allowed_order, this_slot};
 use super::watermark::{
     calculate_min_free_kbytes, setup_per_zone_lowmem_reserve, setup_per_zone_wmarks, Wmark,
     DEFAULT_LOWMEM_RESERVE_RATIO, DEFAULT_WATERMARK_SCALE_FACTOR, MAX_NR_ZONES,
@@ -376,9 +376,10 @@ impl Pool {
                 if zone.nr_free_pages() <= mark + reserve {
                     continue;
                 }
-                let pfn = if order == 0 && !zone.pcp_disabled.load(Ordering::Acquire) {
+                let pfn = if pcp_allowed_order(order) && !zone.pcp_disabled.load(Ordering::Acquire)
+                {
                     let slot = this_slot(self.nr_slots);
-                    zone.rmqueue_pcplist(slot, mt, flags)
+                    zone.rmqueue_pcplist(slot, order, mt, flags, mark + reserve)
                 } else {
                     zone.rmqueue_buddy(order, mt, flags, (order > 0).then_some(mark + reserve))
                 };
@@ -420,8 +421,8 @@ impl Pool {
         if !zone.alloc_heads.test_and_clear(pfn.0 - zone.base) {
             return Err(BuddyError::NotAllocated(pfn));
         }
-        if order == 0 {
-            zone.free_unref_page(this_slot(self.nr_slots), pfn.0);
+        if pcp_allowed_order(order) {
+            zone.free_unref_page(this_slot(self.nr_slots), pfn.0, order);
         } else {
             zone.free_one_page(pfn.0, order);
         }

@@ -1,11 +1,12 @@
 //! `validate()`: rescans every zone's metadata and rechecks every counter against it.
 
 use super::pageblock::{list_index, NR_FREE_LISTS};
+use super::pcp::{pcp_entry_pfn, pindex_to_order};
 use super::pool::Pool;
 use super::zone::{lock, Zone};
 use super::BuddyError;
 use crate::types::{MigrateType, MAX_ORDER, PAGEBLOCK_NR_PAGES};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 impl Pool {
@@ -24,19 +25,32 @@ impl Pool {
 fn validate_zone(z: &Zone) -> Result<(), String> {
     let pcps: Vec<_> = z.pcp.iter().map(|s| lock(&s.0)).collect();
     let st = lock(&z.state);
-    let mut cached = HashSet::new();
+    let mut cached = HashMap::new();
     for (i, p) in pcps.iter().enumerate() {
-        let n: u64 = p.lists.iter().map(|l| l.len() as u64).sum();
+        let n: u64 = p
+            .lists
+            .iter()
+            .enumerate()
+            .map(|(pi, l)| (l.len() as u64) << pindex_to_order(pi))
+            .sum();
         if n != p.count {
             return Err(format!(
                 "pcp slot {i}: count {} but {n} pages listed",
                 p.count
             ));
         }
-        for list in &p.lists {
-            for &pfn in list {
-                if !cached.insert(pfn) {
+        for (pi, list) in p.lists.iter().enumerate() {
+            let order = pindex_to_order(pi);
+            for &entry in list {
+                let pfn = pcp_entry_pfn(entry, order);
+                if cached.insert(pfn, order).is_some() {
                     return Err(format!("pfn {pfn:#x} twice on per-CPU lists"));
+                }
+                if z.alloc_order(pfn) != order {
+                    return Err(format!(
+                        "per-CPU block {pfn:#x} on an order-{order} list has order code {}",
+                        z.alloc_order(pfn)
+                    ));
                 }
             }
         }
@@ -44,6 +58,7 @@ fn validate_zone(z: &Zone) -> Result<(), String> {
     let mut counts = [[0u64; NR_FREE_LISTS]; MAX_ORDER];
     let (mut free_pages, mut nr_free_pages, mut allocated_pages, mut alloc_blocks) = (0, 0, 0, 0);
     let mut seen_cached = 0;
+    let mut cached_pages = 0u64;
     let mut present = 0;
     for &(s, e) in &st.present_ranges {
         present += e - s;
@@ -56,7 +71,7 @@ fn validate_zone(z: &Zone) -> Result<(), String> {
                         "free block {pfn:#x} order {order} runs past present range end {e:#x}"
                     ));
                 }
-                if z.is_allocated_head(pfn) || cached.contains(&pfn) {
+                if z.is_allocated_head(pfn) || cached.contains_key(&pfn) {
                     return Err(format!("free block {pfn:#x} is also allocated or cached"));
                 }
                 if !st.free.summary_flags(pfn, order, list) {
@@ -82,7 +97,7 @@ fn validate_zone(z: &Zone) -> Result<(), String> {
                 {
                     return Err(format!("allocated block {pfn:#x} has bad order {order}"));
                 }
-                if cached.contains(&pfn) {
+                if cached.contains_key(&pfn) {
                     return Err(format!(
                         "allocated block {pfn:#x} is also on a per-CPU list"
                     ));
@@ -90,9 +105,15 @@ fn validate_zone(z: &Zone) -> Result<(), String> {
                 allocated_pages += 1 << order;
                 alloc_blocks += 1;
                 pfn += 1 << order;
-            } else if cached.contains(&pfn) {
+            } else if let Some(&order) = cached.get(&pfn) {
+                if pfn + (1 << order) > e {
+                    return Err(format!(
+                        "per-CPU block {pfn:#x} runs past present range end {e:#x}"
+                    ));
+                }
                 seen_cached += 1;
-                pfn += 1;
+                cached_pages += 1 << order;
+                pfn += 1 << order;
             } else {
                 return Err(format!(
                     "present page {pfn:#x} is neither free, allocated nor cached"
@@ -149,7 +170,6 @@ fn validate_zone(z: &Zone) -> Result<(), String> {
             z.present_pages()
         ));
     }
-    let cached_pages = cached.len() as u64;
     if free_pages + cached_pages + allocated_pages != managed {
         return Err(format!(
             "free {free_pages} + cached {cached_pages} + allocated {allocated_pages} != managed {managed}"

@@ -13,11 +13,11 @@
 
 use super::bitmap::{AtomicBitmap, AtomicTags};
 use super::free_area::FreeIndex;
-use super::pageblock::{
-    can_steal_fallback, fallbacks, list_index, list_migratetype, migratetype_is_mergeable,
-    Pageblocks,
+use super::pageblock::{can_steal_fallback, fallbacks, migratetype_is_mergeable, Pageblocks};
+use super::pcp::{
+    order_to_pindex, pcp_entry, pcp_entry_mt, pcp_entry_pfn, pindex_to_order, PerCpuPages,
+    PAGE_ALLOC_COSTLY_ORDER,
 };
-use super::pcp::PerCpuPages;
 use super::watermark::{Wmark, MAX_NR_ZONES};
 use crate::types::{
     MigrateType, NodeId, ZoneDescriptor, ZoneType, MAX_ORDER, MAX_ORDER_NR_PAGES,
@@ -515,36 +515,53 @@ impl Zone {
         pfn
     }
 
-    /// `rmqueue_pcplist()` for order 0.
+    /// `rmqueue_pcplist()`: a block of a per-CPU order from this slot's list, refilled
+    /// with `rmqueue_bulk()` (`batch`, or `max(batch >> order, 2)` blocks) when empty.
     #[inline]
     pub(crate) fn rmqueue_pcplist(
         &self,
         slot: usize,
+        order: u32,
         mt: MigrateType,
         flags: AllocFlags,
+        mark_plus_reserve: u64,
     ) -> Option<u64> {
         let mut pcp = lock(&self.pcp[slot].0);
         pcp.free_factor >>= 1;
-        let l = list_index(mt);
+        let l = order_to_pindex(mt, order);
         if pcp.lists[l].is_empty() {
-            let batch = pcp.batch.max(1);
+            let mut batch = pcp.batch.max(1);
+            if order > 0 {
+                batch = (batch >> order).max(2);
+            }
             let mut st = lock(&self.state);
+            if order > 0
+                && !super::watermark::zone_watermark_ok(
+                    st.free.nr_free_pages,
+                    order,
+                    mark_plus_reserve,
+                    0,
+                    &st.free.area,
+                )
+            {
+                return None;
+            }
             let mut got = 0;
             for _ in 0..batch {
-                let Some(pfn) = self.rmqueue_locked(&mut st, 0, mt, flags) else {
+                let Some(pfn) = self.rmqueue_locked(&mut st, order, mt, flags) else {
                     break;
                 };
-                self.set_alloc_order(pfn, 0);
-                pcp.lists[l].push_back(pfn);
+                self.set_alloc_order(pfn, order);
+                pcp.lists[l].push_back(pcp_entry(pfn, order, mt));
                 got += 1;
             }
             self.publish(&st);
             drop(st);
-            pcp.count += got;
+            pcp.count += got << order;
         }
-        let pfn = pcp.lists[l].pop_front()?;
-        pcp.count -= 1;
-        Some(pfn)
+        let entry = pcp.lists[l].pop_front()?;
+        pcp.count -= 1 << order;
+        Some(pcp_entry_pfn(entry, order))
     }
 
     /// `free_one_page()`: frees straight to the buddy lists under the zone lock.
@@ -555,23 +572,26 @@ impl Zone {
         self.publish(&st);
     }
 
-    /// `free_unref_page()` for order 0: onto this slot's per-CPU list, flushing a batch when
-    /// the list reaches `high`; pages of isolated pageblocks go straight to the buddy.
+    /// `free_unref_page()`: onto this slot's per-CPU list, flushing when the slot reaches
+    /// `high` (or everything, when high-order frees keep flushing: `free_high`); pages of
+    /// isolated pageblocks go straight to the buddy lists.
     #[inline]
-    pub(crate) fn free_unref_page(&self, slot: usize, pfn: u64) {
+    pub(crate) fn free_unref_page(&self, slot: usize, pfn: u64, order: u32) {
         let mt = self.pageblock_mt(pfn);
         if mt == MigrateType::Isolate || self.pcp_disabled.load(Ordering::Acquire) {
-            self.free_one_page(pfn, 0);
+            self.free_one_page(pfn, order);
             return;
         }
         let mut pcp = lock(&self.pcp[slot].0);
-        let l = list_index(mt);
-        pcp.lists[l].push_front(pfn);
-        pcp.count += 1;
-        let high = pcp.high;
+        let l = order_to_pindex(mt, order);
+        pcp.lists[l].push_front(pcp_entry(pfn, order, mt));
+        pcp.count += 1 << order;
+        let free_high = pcp.free_factor > 0 && order > 0 && order <= PAGE_ALLOC_COSTLY_ORDER;
+        // nr_pcp_high()
+        let high = if free_high { 0 } else { pcp.high };
         if pcp.count >= high {
             let batch = pcp.batch;
-            let n = pcp.nr_pcp_free(high, batch);
+            let n = pcp.nr_pcp_free(high, batch, free_high);
             self.free_pcppages_bulk(&mut pcp, n, l);
         }
     }
@@ -579,8 +599,8 @@ impl Zone {
     /// `free_pcppages_bulk()`: returns `count` pages, round robin over the lists starting
     /// with list `pindex`, oldest first.
     pub(crate) fn free_pcppages_bulk(&self, pcp: &mut PerCpuPages, count: u64, pindex: usize) {
-        let mut count = count.min(pcp.count);
-        if count == 0 {
+        let mut count = count.min(pcp.count) as i64;
+        if count <= 0 {
             return;
         }
         let isolated = self.nr_isolate_pageblock.load(Ordering::Acquire) > 0;
@@ -594,16 +614,18 @@ impl Zone {
                     break;
                 }
             }
-            while let Some(pfn) = pcp.lists[p].pop_back() {
-                count -= 1;
-                pcp.count -= 1;
+            let order = pindex_to_order(p);
+            while let Some(entry) = pcp.lists[p].pop_back() {
+                count -= 1 << order;
+                pcp.count -= 1 << order;
+                let pfn = pcp_entry_pfn(entry, order);
                 let mt = if isolated {
                     self.pageblock_mt(pfn)
                 } else {
-                    list_migratetype(p)
+                    pcp_entry_mt(entry, p)
                 };
-                self.free_one_page_locked(&mut st, pfn, 0, mt);
-                if count == 0 {
+                self.free_one_page_locked(&mut st, pfn, order, mt);
+                if count <= 0 {
                     break;
                 }
             }
