@@ -3,46 +3,13 @@
 //! report (nodes, CPUs, MemTotal, zones) and a clean poweroff with exit status 0; and bad
 //! configurations that fail before any VM starts, with exit status 2 and a clear message.
 
-use memtide_testbed::cache::workspace_root;
-use memtide_testbed::tools::run;
+mod common;
+
+use common::{memtide_binary, run_argv};
 use memtide_testbed::{say, GuestImage, HostConfig, KvmHost, Result, Timeline};
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Builds the `memtide` binary (debug, its own target dir so the running test build's lock
-/// is not contended) and returns its path.
-fn memtide_binary() -> PathBuf {
-    let ws = workspace_root();
-    let target = ws.join("target").join("memtide-bin");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "memtide-api", "--bin", "memtide"])
-        .arg("--manifest-path")
-        .arg(ws.join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target)
-        .env_remove("CARGO_BUILD_TARGET");
-    run(&mut cmd).expect("building memtide");
-    target.join("debug").join("memtide")
-}
-
-/// `memtide run` argv for the guest image in the host.
-fn run_argv(host: &KvmHost, memtide: &str, args: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = vec![
-        memtide.into(),
-        "run".into(),
-        "--kernel".into(),
-        host.guest_kernel(),
-        "--initrd".into(),
-        host.guest_initrd(),
-        "--cmdline".into(),
-        "quiet loglevel=1".into(),
-    ];
-    v.extend(args.iter().map(|s| s.to_string()));
-    v
-}
 
 struct Scenario {
     label: &'static str,
