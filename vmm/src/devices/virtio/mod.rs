@@ -54,6 +54,10 @@ pub enum ActivateError {
     /// A ready queue's size or ring addresses do not fit guest memory.
     #[error("queue {0} has an invalid size or ring address")]
     QueueInvalid(usize),
+    /// A queue's rings lie in guest memory the VMM must not touch (e.g. unplugged
+    /// virtio-mem blocks).
+    #[error("queue {0} has rings in inaccessible guest memory")]
+    RingsInaccessible(usize),
 }
 
 /// What a concrete virtio device implements; the transport does the rest.

@@ -166,10 +166,15 @@ pub struct QueueDriver<'a> {
 pub const QUEUE_LEN: u16 = 16;
 
 impl<'a> QueueDriver<'a> {
-    /// Rings in `mem`.
+    /// Rings in `mem` at [`RING_ADDR`].
     pub fn new(mem: &'a VirtioGuestMemory) -> Self {
+        Self::at(mem, RING_ADDR)
+    }
+
+    /// Rings in `mem` at `addr`.
+    pub fn at(mem: &'a VirtioGuestMemory, addr: u64) -> Self {
         QueueDriver {
-            mock: MockSplitQueue::create(mem, GuestAddress(RING_ADDR), QUEUE_LEN),
+            mock: MockSplitQueue::create(mem, GuestAddress(addr), QUEUE_LEN),
             mem,
             next_desc: 0,
             next_used: 0,

@@ -12,6 +12,9 @@ pub mod bitmap;
 pub mod device;
 pub mod request;
 
+#[cfg(test)]
+mod tests;
+
 pub use device::{
     BackendError, MemoryBackend, VirtioMem, VirtioMemConfig, VirtioMemError, VirtioMemStats,
     VIRTIO_MEM_F_ACPI_PXM, VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE,
