@@ -149,6 +149,24 @@ impl GuestMemoryMap {
     pub fn ram_end(&self) -> u64 {
         self.ram.last().map(|r| r.end()).unwrap_or(0)
     }
+
+    /// The guest kernel's memblock as it prints it under "Early memory node ranges":
+    /// `(node, start, end inclusive)`. The e820 RAM below the EBDA loses page 0
+    /// (`trim_bios_range` reserves it) and is cut to whole pages; every boot RAM range from
+    /// 1 MiB up follows, in its node.
+    pub fn early_node_ranges(&self) -> Vec<(u32, u64, u64)> {
+        let mut out = Vec::new();
+        if let Some(first) = self.ram.first() {
+            out.push((first.guest_node, 0x1000, (EBDA_START & !0xfff) - 1));
+        }
+        for r in &self.ram {
+            let start = r.start.max(HIMEM_START);
+            if start < r.end() {
+                out.push((r.guest_node, start, r.end() - 1));
+            }
+        }
+        out
+    }
 }
 
 /// Rounds `v` up to a multiple of the power of two `align`.
@@ -179,6 +197,19 @@ mod tests {
         assert_eq!(m.hotplug.len(), 1);
         assert_eq!(m.hotplug[0].start, 4 << 30);
         assert_eq!(m.hotplug[0].guest_node, 1);
+    }
+
+    #[test]
+    fn early_node_ranges_match_the_kernels_memblock() {
+        let m = GuestMemoryMap::new(&[node(0, 256 << 20, 0), node(1, 256 << 20, 0)]);
+        assert_eq!(
+            m.early_node_ranges(),
+            vec![
+                (0, 0x1000, 0x9efff),
+                (0, 0x100000, 0xfff_ffff),
+                (1, 0x1000_0000, 0x1fff_ffff)
+            ]
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod layout;
 pub mod memory;
 pub mod terminal;
 pub mod vm;
+pub mod zones;
 
 pub use config::{NumaNodeConfig, SerialOutput, VmConfig};
 pub use exit::ExitReason;
