@@ -292,6 +292,21 @@ fn unmovable_fallback_steals_whole_pageblock() {
 fn isolation_offline_online_round_trip() {
     let pool = Pool::new(&small_machine(), small_config()).expect("pool");
     let (s, e) = (Pfn(16384), Pfn(16384 + 2 * MAX_ORDER_NR_PAGES));
+    // Leave order-0 and order-9 blocks of the range on the per-CPU lists.
+    let cached: Vec<Pfn> = (0..200)
+        .map(|_| pool.alloc(req(0, MigrateType::Movable, 0)).expect("alloc"))
+        .collect();
+    let thp = pool.alloc(req(9, MigrateType::Movable, 0)).expect("alloc");
+    for p in cached {
+        pool.free(p, Order(0)).expect("free");
+    }
+    pool.free(thp, Order(9)).expect("free");
+    assert!(
+        pool.zone(NodeId(0), ZoneType::Movable)
+            .expect("z")
+            .pcp_count()
+            > 0
+    );
     // Fill part of the range with movable allocations.
     let mut live = HashSet::new();
     for _ in 0..40 {

@@ -672,3 +672,128 @@ pub(crate) fn present_in(ranges: &[(u64, u64)], start: u64, end: u64) -> u64 {
         .map(|&(s, e)| e.min(end).saturating_sub(s.max(start)))
         .sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Pfn;
+
+    fn zone_1024() -> Zone {
+        let d = ZoneDescriptor {
+            node: NodeId(0),
+            zone: ZoneType::Normal,
+            zone_start_pfn: Pfn(0),
+            spanned_pages: 1024,
+            present_ranges: vec![(Pfn(0), Pfn(1024))],
+        };
+        Zone::new(NodeId(0), ZoneType::Normal, Some(&d), 1)
+    }
+
+    const FLAGS: AllocFlags = AllocFlags {
+        wmark: Wmark::Min,
+        nofragment: false,
+    };
+
+    #[test]
+    fn expand_keeps_lower_half_and_frees_upper_halves() {
+        let z = zone_1024();
+        let mut st = lock(&z.state);
+        assert_eq!(st.free.area[10].nr_free, 1);
+        let p = z.rmqueue_locked(&mut st, 0, MigrateType::Movable, FLAGS);
+        assert_eq!(p, Some(0));
+        for o in 0..10 {
+            assert_eq!(st.free.area[o].nr_free, 1, "order {o}");
+            assert_eq!(
+                st.free.free_block_list(&z.tags, 1 << o, o as u32),
+                Some(MigrateType::Movable)
+            );
+        }
+        z.free_one_page_locked(&mut st, 0, 0, MigrateType::Movable);
+        assert_eq!(st.free.area[10].nr_free, 1);
+        assert_eq!(st.free.nr_free_pages, 1024);
+    }
+
+    #[test]
+    fn movable_fallback_that_cannot_steal_takes_smallest_block() {
+        let z = zone_1024();
+        let mut st = lock(&z.state);
+        // Leave only an order-2 block at 0 and an order-3 block at 64, both UNMOVABLE, in
+        // UNMOVABLE pageblocks.
+        st.free.del_page_from_free_list(0, 10, MigrateType::Movable);
+        z.pageblocks.set(0, MigrateType::Unmovable);
+        z.pageblocks.set(1, MigrateType::Unmovable);
+        st.free
+            .add_to_free_list(&z.tags, 0, 2, MigrateType::Unmovable);
+        st.free
+            .add_to_free_list(&z.tags, 64, 3, MigrateType::Unmovable);
+        let p = z.rmqueue_locked(&mut st, 0, MigrateType::Movable, FLAGS);
+        // can_steal_fallback(3, MOVABLE) is false, so find_smallest picks the order-2 block,
+        // moves just that block to MOVABLE (single_page) and splits it.
+        assert_eq!(p, Some(0));
+        assert_eq!(z.pageblock_mt(0), MigrateType::Unmovable);
+        assert_eq!(
+            st.free.free_block_list(&z.tags, 1, 0),
+            Some(MigrateType::Movable)
+        );
+        assert_eq!(
+            st.free.free_block_list(&z.tags, 2, 1),
+            Some(MigrateType::Movable)
+        );
+        assert_eq!(
+            st.free.free_block_list(&z.tags, 64, 3),
+            Some(MigrateType::Unmovable)
+        );
+    }
+
+    #[test]
+    fn unmovable_fallback_claims_pageblock_when_half_is_free() {
+        let z = zone_1024();
+        let mut st = lock(&z.state);
+        let p = z.rmqueue_locked(&mut st, 0, MigrateType::Unmovable, FLAGS);
+        // The order-10 block is stolen whole: both pageblocks change type.
+        assert_eq!(p, Some(0));
+        assert_eq!(z.pageblock_mt(0), MigrateType::Unmovable);
+        assert_eq!(z.pageblock_mt(512), MigrateType::Unmovable);
+        // A reclaimable request then steals from UNMOVABLE: order 9 block at 512 is taken
+        // whole (order >= pageblock_order), changing that pageblock to RECLAIMABLE.
+        let r = z.rmqueue_locked(&mut st, 0, MigrateType::Reclaimable, FLAGS);
+        assert_eq!(r, Some(512));
+        assert_eq!(z.pageblock_mt(512), MigrateType::Reclaimable);
+        assert_eq!(z.pageblock_mt(0), MigrateType::Unmovable);
+    }
+
+    #[test]
+    fn nofragment_refuses_to_steal_below_pageblock_order() {
+        let z = zone_1024();
+        let mut st = lock(&z.state);
+        st.free.del_page_from_free_list(0, 10, MigrateType::Movable);
+        st.free
+            .add_to_free_list(&z.tags, 0, 3, MigrateType::Movable);
+        let nofrag = AllocFlags {
+            wmark: Wmark::Low,
+            nofragment: true,
+        };
+        assert_eq!(
+            z.rmqueue_locked(&mut st, 0, MigrateType::Unmovable, nofrag),
+            None
+        );
+        assert_eq!(
+            z.rmqueue_locked(&mut st, 0, MigrateType::Unmovable, FLAGS),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn merge_stops_at_isolated_pageblock() {
+        let z = zone_1024();
+        let mut st = lock(&z.state);
+        st.free.del_page_from_free_list(0, 10, MigrateType::Movable);
+        z.pageblocks.set(1, MigrateType::Isolate);
+        st.free
+            .add_to_free_list(&z.tags, 512, 9, MigrateType::Isolate);
+        z.free_one_page_locked(&mut st, 0, 9, MigrateType::Movable);
+        assert_eq!(st.free.area[9].nr_free, 2);
+        assert_eq!(st.free.area[10].nr_free, 0);
+        assert_eq!(st.free.nr_free_pages, 512);
+    }
+}
