@@ -139,6 +139,7 @@ pub struct VirtioMem<B: MemoryBackend> {
     /// The running queue's rings as `(guest address, length)`: blocks under them cannot be
     /// unplugged while the driver runs.
     rings: Vec<(u64, u64)>,
+    busy_pending: bool,
     stats: VirtioMemStats,
 }
 
@@ -203,6 +204,7 @@ impl<B: MemoryBackend> VirtioMem<B> {
             acked_features: 0,
             active: false,
             rings: Vec::new(),
+            busy_pending: false,
             stats: VirtioMemStats::default(),
         })
     }
@@ -226,8 +228,24 @@ impl<B: MemoryBackend> VirtioMem<B> {
         let usable = usable_size_for(size, self.region_size, self.region.block_size);
         // The usable region only grows here (it shrinks only on UNPLUG_ALL).
         self.region.usable_size = self.region.usable_size.max(usable);
+        self.busy_pending = false;
         self.interrupt.config_changed();
         Ok(())
+    }
+
+    /// Re-announces the configuration: a configuration-change interrupt with nothing changed,
+    /// which the spec allows (virtio 1.2 section 5.15.4.2). Linux's driver then works towards
+    /// `requested_size` at once, instead of when its retry timer fires (50 s or more after a
+    /// BUSY answer). The control plane calls this when the pool has memory again.
+    pub fn kick(&mut self) {
+        self.busy_pending = false;
+        self.interrupt.config_changed();
+    }
+
+    /// Whether a request was answered BUSY since the last [`VirtioMem::kick`] or resize: the
+    /// guest is waiting for its retry timer, and a kick would resume it.
+    pub fn busy_pending(&self) -> bool {
+        self.busy_pending
     }
 
     /// `requested_size`.
@@ -337,7 +355,10 @@ impl<B: MemoryBackend> VirtioMem<B> {
         let counter = match response {
             Response::Ack | Response::AckState(_) => &mut self.stats.acks,
             Response::Nack => &mut self.stats.nacks,
-            Response::Busy => &mut self.stats.busy,
+            Response::Busy => {
+                self.busy_pending = true;
+                &mut self.stats.busy
+            }
             Response::Error => &mut self.stats.errors,
         };
         *counter += 1;

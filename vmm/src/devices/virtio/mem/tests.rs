@@ -391,6 +391,32 @@ fn backend_failures_answer_busy_and_change_nothing() {
     assert_eq!(d3.stats().busy, 1);
 }
 
+#[test]
+fn a_kick_after_busy_reannounces_the_configuration() {
+    let mem = test_memory();
+    let (mut t, mut q, line) = running(&mem, 16 * MIB);
+    t.device_mut().backend_mut().fail_next = 1;
+    let (_, r) = submit(&mut t, &mut q, &plug(blk(0), 2).to_bytes());
+    assert_eq!(resp_type(r), 2, "BUSY");
+    assert!(t.device().busy_pending());
+    write32(
+        &mut t,
+        virtio_bindings::virtio_mmio::VIRTIO_MMIO_INTERRUPT_ACK,
+        3,
+    );
+    let before = line.get();
+    let gen = read32(&mut t, VIRTIO_MMIO_CONFIG_GENERATION);
+    t.device_mut().kick();
+    assert!(!t.device().busy_pending());
+    assert_eq!(line.get(), before + 1);
+    assert_eq!(read32(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 2);
+    assert_ne!(read32(&mut t, VIRTIO_MMIO_CONFIG_GENERATION), gen);
+    assert_eq!(config_u64(&mut t, 48), 16 * MIB, "nothing changed");
+    let (_, r) = submit(&mut t, &mut q, &plug(blk(0), 2).to_bytes());
+    assert_eq!(resp_type(r), 0);
+    assert!(!t.device().busy_pending());
+}
+
 /// A backend whose second unplug after arming fails once.
 #[derive(Default)]
 struct SecondCallFails {
