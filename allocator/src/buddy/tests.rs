@@ -536,6 +536,13 @@ fn threads_allocate_disjoint_pages() {
 }
 
 #[test]
+fn pool_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Pool>();
+    assert_send_sync::<SimpleBuddy>();
+}
+
+#[test]
 fn metadata_budget_per_page() {
     // 4 GiB of one zone: must stay under 6 bits per page.
     let pages = 1u64 << 20;
@@ -553,7 +560,13 @@ fn metadata_budget_per_page() {
 }
 
 proptest! {
-    #![proptest_config(Config { cases: 32, failure_persistence: None, rng_algorithm: RngAlgorithm::ChaCha, ..Config::default() })]
+    #![proptest_config(Config {
+        cases: 32,
+        failure_persistence: None,
+        rng_algorithm: RngAlgorithm::ChaCha,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x6d65_6d74_6964_6521),
+        ..Config::default()
+    })]
 
     /// Mixed migratetypes and orders across two nodes: validate() holds after every batch,
     /// and freeing everything merges back to the initial buddyinfo.
@@ -578,6 +591,88 @@ proptest! {
         pool.validate().map_err(|e| TestCaseError::fail(e.to_string()))?;
         for (p, o) in live {
             pool.free(p, Order(o)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        }
+        pool.drain_all_pages();
+        pool.validate().map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(pool.buddyinfo(), initial);
+    }
+}
+
+proptest! {
+    #![proptest_config(Config {
+        cases: 24,
+        failure_persistence: None,
+        rng_algorithm: RngAlgorithm::ChaCha,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x6f66_666c_696e_6521),
+        ..Config::default()
+    })]
+
+    /// Allocation and free interleaved with offlining (migrating what is in the way) and
+    /// onlining 4 MiB blocks of node 1's ZONE_MOVABLE: validate() holds after every
+    /// hotplug step and everything merges back at the end.
+    #[test]
+    fn hotplug_keeps_invariants(ops in proptest::collection::vec((0u32..4, 0u32..10, 0usize..3, 0usize..1000), 1..120)) {
+        let pool = Pool::new(&two_nodes(), small_config()).expect("pool");
+        let initial = pool.buddyinfo();
+        let live = std::cell::RefCell::new(Vec::<(Pfn, u32)>::new());
+        let mut offline = [false; 8];
+        for (kind, order, mt, pick) in ops {
+            match kind {
+                0 | 1 => {
+                    let node = (pick % 2) as u32;
+                    if let Ok(p) = pool.alloc(req(order, MigrateType::PCPTYPES[mt], node)) {
+                        live.borrow_mut().push((p, order));
+                    }
+                }
+                2 => {
+                    let mut l = live.borrow_mut();
+                    if !l.is_empty() {
+                        let i = pick % l.len();
+                        let (p, o) = l.swap_remove(i);
+                        pool.free(p, Order(o)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    }
+                }
+                _ => {
+                    let k = pick % 8;
+                    let s = Pfn(24576 + k as u64 * MAX_ORDER_NR_PAGES);
+                    let e = Pfn(s.0 + MAX_ORDER_NR_PAGES);
+                    if offline[k] {
+                        pool.online_pages(s, e).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        offline[k] = false;
+                    } else {
+                        let r = pool.offline_pages(s, e, |pfn, o| {
+                            let new = pool.alloc(req(o.0, MigrateType::Movable, 1)).map_err(|e| e.to_string())?;
+                            pool.free(pfn, o).map_err(|e| e.to_string())?;
+                            let mut l = live.borrow_mut();
+                            if let Some(x) = l.iter_mut().find(|x| x.0 == pfn) {
+                                x.0 = new;
+                            }
+                            Ok(())
+                        });
+                        match r {
+                            Ok(_) => offline[k] = true,
+                            Err(BuddyError::MigrateFailed { .. }) => {}
+                            Err(e) => return Err(TestCaseError::fail(e.to_string())),
+                        }
+                    }
+                    pool.validate().map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    for &(p, _) in live.borrow().iter() {
+                        for (k2, off) in offline.iter().enumerate() {
+                            let s2 = 24576 + k2 as u64 * MAX_ORDER_NR_PAGES;
+                            prop_assert!(!(*off && (s2..s2 + MAX_ORDER_NR_PAGES).contains(&p.0)), "live block {} in offline memory", p);
+                        }
+                    }
+                }
+            }
+        }
+        for (p, o) in live.into_inner() {
+            pool.free(p, Order(o)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        }
+        for (k, off) in offline.iter().enumerate() {
+            if *off {
+                let s = Pfn(24576 + k as u64 * MAX_ORDER_NR_PAGES);
+                pool.online_pages(s, Pfn(s.0 + MAX_ORDER_NR_PAGES)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            }
         }
         pool.drain_all_pages();
         pool.validate().map_err(|e| TestCaseError::fail(e.to_string()))?;
