@@ -884,3 +884,143 @@ fn an_indirect_table_in_unplugged_memory_is_not_read() {
     assert_eq!(resp_type(q.get::<10>(RESP_AT)), 0);
     assert_eq!(t.device().plugged_size(), 2 * BS);
 }
+
+/// One guest access in a random run.
+#[derive(Debug, Clone)]
+enum Access {
+    Read(u64, usize),
+    Write(u64, Vec<u8>),
+    Notify(u32),
+    Resize(u64),
+}
+
+fn access() -> impl Strategy<Value = Access> {
+    // Mostly registers (every 4 bytes, sometimes unaligned), some config space.
+    let offset = prop_oneof![
+        6 => (0u64..0x40).prop_map(|r| r * 4),
+        1 => 0u64..0x100,
+        2 => 0x100u64..0x140,
+        1 => any::<u64>(),
+    ];
+    let width = prop_oneof![Just(1usize), Just(2), Just(4), Just(8), Just(0)];
+    // Values that matter for the state machine, plus anything.
+    let value = prop_oneof![
+        3 => (0u32..16).prop_map(|v| v),
+        2 => prop_oneof![Just(0x0fu32), Just(0x1000), Just(0x2000), Just(0x3000), Just(16)],
+        1 => any::<u32>(),
+    ];
+    prop_oneof![
+        3 => (offset.clone(), width.clone()).prop_map(|(o, w)| Access::Read(o, w)),
+        6 => (offset, width, value).prop_map(|(o, w, v)| {
+            let mut b = v.to_le_bytes().to_vec();
+            b.resize(w, 0);
+            Access::Write(o, b)
+        }),
+        1 => (0u32..3).prop_map(Access::Notify),
+        1 => (0u64..600).prop_map(|n| Access::Resize(n * BS)),
+    ]
+}
+
+/// A descriptor of a random chain: mostly request or response buffers of the test layout,
+/// sometimes anything.
+fn random_descriptor() -> impl Strategy<Value = RawDescriptor> {
+    let buffer = prop_oneof![
+        4 => (0u64..16).prop_map(|i| (0x2000 + 32 * i, 24u32, 0u16)),
+        4 => (0u64..16).prop_map(|i| (0x3000 + 16 * i, 10u32, 2u16)),
+        1 => (any::<u64>(), any::<u32>(), 0u16..8),
+        1 => (0u64..0x4000, 0u32..64, 0u16..8),
+    ];
+    (buffer, any::<bool>(), 0u16..20).prop_map(|((addr, len, flags), chained, next)| {
+        let flags = if chained { flags | 1 } else { flags & !1 };
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+    })
+}
+
+fn random_request() -> impl Strategy<Value = [u8; 24]> {
+    let addr = prop_oneof![
+        4 => (0u64..300).prop_map(blk),
+        1 => any::<u64>(),
+    ];
+    (0u16..5, addr, 0u16..8).prop_map(|(ty, addr, nb)| {
+        let mut raw = plug(addr, nb).to_bytes();
+        raw[..2].copy_from_slice(&ty.to_le_bytes());
+        raw
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+    #[test]
+    fn random_mmio_traffic_never_panics_and_keeps_the_rules(
+        handshake in any::<bool>(),
+        accesses in proptest::collection::vec(access(), 1..200),
+        pairs in proptest::collection::vec(
+            prop_oneof![3 => Just(None), 1 => (random_descriptor(), random_descriptor()).prop_map(Some)],
+            8,
+        ),
+        heads in proptest::collection::vec(prop_oneof![3 => (0u16..8).prop_map(|i| 2 * i), 1 => 0u16..20], 16),
+        avail_idx in 0u16..=16,
+        requests in proptest::collection::vec(random_request(), 16),
+    ) {
+        use virtio_bindings::virtio_config::{
+            VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK,
+        };
+        let mem = test_memory();
+        let (irq, _) = counting_interrupt();
+        let dev = VirtioMem::new(config(64 * MIB), TestBackend::default(), irq.clone())
+            .expect("valid");
+        let mut t = MmioTransport::new(dev, mem.clone(), irq).expect("valid");
+        if handshake {
+            // Half the runs start from a running device with random chains on offer.
+            prop_assert!(negotiate(&mut t, GOOD));
+            let q = QueueDriver::new(&mem);
+            setup_queue(&mut t, 0, u32::from(QUEUE_LEN), &q.mock);
+            driver_ok(&mut t);
+            prop_assert!(t.is_activated());
+            // Descriptor pairs 2i, 2i+1: a well-formed request → response chain, or garbage.
+            for (i, pair) in pairs.iter().enumerate() {
+                let i = i as u16;
+                let (a, b) = pair.unwrap_or_else(|| {
+                    (
+                        RawDescriptor::from(SplitDescriptor::new(0x2000 + 32 * u64::from(i), 24, 1, 2 * i + 1)),
+                        RawDescriptor::from(SplitDescriptor::new(0x3000 + 16 * u64::from(i), 10, 2, 0)),
+                    )
+                });
+                q.mock.desc_table().store(2 * i, a).expect("in table");
+                q.mock.desc_table().store(2 * i + 1, b).expect("in table");
+            }
+            for (i, h) in heads.iter().enumerate() {
+                q.mock.avail().ring().ref_at(i).expect("in ring").store(*h);
+            }
+            q.mock.avail().idx().store(avail_idx);
+            for (i, r) in requests.iter().enumerate() {
+                q.put(0x2000 + 32 * i as u64, r);
+            }
+            t.device_mut().set_requested_size(64 * MIB).expect("valid");
+            t.notify(0);
+        }
+        for a in accesses {
+            match a {
+                Access::Read(o, w) => {
+                    let mut b = vec![0u8; w];
+                    t.read(o, &mut b);
+                }
+                Access::Write(o, b) => t.write(o, &b),
+                Access::Notify(q) => t.notify(q),
+                Access::Resize(size) => {
+                    let _ = t.device_mut().set_requested_size(size);
+                }
+            }
+            let status = t.status();
+            if status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+                prop_assert_ne!(status & VIRTIO_CONFIG_S_FEATURES_OK, 0);
+            }
+            if t.is_activated() {
+                prop_assert_ne!(t.driver_features() & VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE, 0);
+                prop_assert!(t.device().is_active());
+            }
+            check_consistent(t.device());
+        }
+        check_consistent(t.device());
+    }
+}
