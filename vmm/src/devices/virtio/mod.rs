@@ -11,6 +11,24 @@
 //!   generation) and the [`IrqLine`] they pulse; the VMM's line is an irqfd (an [`EventFd`]).
 //! - [`acpi::VirtioMmioAcpi`]: the DSDT description (`_HID "LNRO0005"`) through which a Linux
 //!   guest finds the device (Debian kernels take no virtio-mmio devices from the command line).
+//! - [`event_handler`]: ioeventfds on QueueNotify and the event-loop subscriber that forwards
+//!   them to [`mmio::MmioTransport::notify`].
+//!
+//! Wiring one virtio-mem device into a VM (what the VMM does):
+//! 1. Pick a window `base` (e.g. from `layout::VIRTIO_MMIO_START`, [`mmio::MMIO_WINDOW_SIZE`]
+//!    apart) and a free IOAPIC input `gsi`; create an `EventFd` and register it as the irqfd
+//!    of `gsi` (`VmFd::register_irqfd`).
+//! 2. `let irq = Arc::new(VirtioInterrupt::new(Box::new(irqfd)));`
+//!    `let dev = mem::VirtioMem::new(config, backend, irq.clone())?;`
+//!    `let transport = Arc::new(Mutex::new(MmioTransport::new(dev, guest_memory, irq)?));`
+//! 3. Route vCPU MMIO exits in `base..base + MMIO_WINDOW_SIZE` to
+//!    `transport.lock().read(addr - base, data)` / `.write(addr - base, data)`.
+//! 4. `event_handler::register_queue_notifiers(&vm_fd, base, 1)` and add an
+//!    `event_handler::QueueNotifyHandler` to the event loop (without it, QueueNotify writes
+//!    still arrive as MMIO exits and work, only slower).
+//! 5. Add `acpi::VirtioMmioAcpi::new(uid, base, MMIO_WINDOW_SIZE, gsi)?` to the DSDT.
+//! 6. Resize: `transport.lock().device_mut().set_requested_size(bytes)`; progress:
+//!    `.device().plugged_size()`; after the pool got memory back: `.device_mut().kick()`.
 
 pub mod acpi;
 pub mod event_handler;
