@@ -5,6 +5,8 @@ use std::sync::Mutex;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::pause::PauseGate;
+
 /// Why a VM stopped running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitReason {
@@ -36,6 +38,7 @@ pub struct ExitSignal {
     reason: Mutex<Option<ExitReason>>,
     requested: AtomicBool,
     evt: EventFd,
+    pause: PauseGate,
 }
 
 impl ExitSignal {
@@ -45,6 +48,7 @@ impl ExitSignal {
             reason: Mutex::new(None),
             requested: AtomicBool::new(false),
             evt: EventFd::new(EFD_NONBLOCK)?,
+            pause: PauseGate::new(),
         })
     }
 
@@ -55,6 +59,8 @@ impl ExitSignal {
             *r = Some(reason);
         }
         self.requested.store(true, Ordering::SeqCst);
+        // A paused VM must still stop: open its vCPUs' pause gate for good.
+        self.pause.release();
         // A failed write means the counter is saturated: the loop is woken already.
         let _ = self.evt.write(1);
     }
@@ -70,6 +76,11 @@ impl ExitSignal {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The gate the vCPU threads pass before each `KVM_RUN` (pause/resume).
+    pub fn pause_gate(&self) -> &PauseGate {
+        &self.pause
     }
 
     /// The EventFd the event loop waits on.

@@ -16,6 +16,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod layout;
 pub mod memory;
+pub mod pause;
 pub mod terminal;
 pub mod vm;
 pub mod zones;

@@ -240,6 +240,13 @@ impl Vm {
             None
         };
         let handles = spawn_vcpus(std::mem::take(&mut self.vcpus), &self.exit)?;
+        self.exit.pause_gate().set_threads(
+            handles
+                .iter()
+                .map(std::os::unix::thread::JoinHandleExt::as_pthread_t)
+                .collect(),
+            vcpu::kick_signal(),
+        );
         let result = event_loop.run();
         if result.is_err() {
             self.exit

@@ -140,6 +140,11 @@ impl Vcpu {
         // The kick must be deliverable to this thread.
         let _ = vmm_sys_util::signal::unblock_signal(kick_signal());
         while !self.exit.is_requested() {
+            // Paused VMs wait here (see crate::pause); an exit request opens the gate.
+            self.exit.pause_gate().park();
+            if self.exit.is_requested() {
+                break;
+            }
             match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => self.bus.read(port, data),
                 Ok(VcpuExit::IoOut(port, data)) => self.bus.write(port, data),
