@@ -108,6 +108,15 @@ pub trait MemoryBackend: Send {
     fn unplug(&mut self, addr: GuestAddress, size: u64) -> Result<(), BackendError>;
 }
 
+impl<T: MemoryBackend + ?Sized> MemoryBackend for Box<T> {
+    fn plug(&mut self, addr: GuestAddress, size: u64) -> Result<(), BackendError> {
+        (**self).plug(addr, size)
+    }
+    fn unplug(&mut self, addr: GuestAddress, size: u64) -> Result<(), BackendError> {
+        (**self).unplug(addr, size)
+    }
+}
+
 /// What the device answered so far.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct VirtioMemStats {

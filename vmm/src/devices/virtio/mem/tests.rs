@@ -718,6 +718,19 @@ fn bad_guest_buffers_are_answered_or_dropped_without_harm() {
 }
 
 #[test]
+fn a_boxed_backend_works_like_the_backend() {
+    let (irq, _) = counting_interrupt();
+    let backend: Box<dyn MemoryBackend> = Box::new(TestBackend::default());
+    let mut d = VirtioMem::new(config(8 * MIB), backend, irq).expect("valid");
+    assert_eq!(d.handle_request(plug(blk(0), 4)), Response::Ack);
+    assert_eq!(d.handle_request(unplug(blk(1), 2)), Response::Ack);
+    assert_eq!(
+        d.plugged_ranges(),
+        vec![(GuestAddress(blk(0)), BS), (GuestAddress(blk(3)), BS)]
+    );
+}
+
+#[test]
 fn set_requested_size_validates() {
     let (mut d, line) = device(0);
     assert_eq!(
