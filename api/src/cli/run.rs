@@ -6,9 +6,9 @@
 //!             [--kernelcore SPEC] [--movablecore SPEC] [--serial-file PATH]
 //! ```
 //!
-//! Without `--kernel` the guest image of the integration-test harness is used: from
-//! `$MEMTIDE_CACHE` (default `target/memtide-cache`), `guest/<release>/initramfs.cpio.gz` and
-//! `debian/*/root/boot/vmlinuz-<release>`. Exit status: 0 when the guest powers off (or
+//! Without `--kernel` the guest image (`memtide image build`) is used: found in the cache
+//! (`$MEMTIDE_CACHE`, default `<workspace>/target/memtide-cache`: `guest/<release>/
+//! initramfs.cpio.gz` and `debian/*/root/boot/vmlinuz-<release>`), else built there first. Exit status: 0 when the guest powers off (or
 //! memtide is stopped with SIGTERM/SIGINT), 3 when the guest resets (reboot, panic, triple
 //! fault), 1 on a VMM failure, 2 on bad input (reported before the VM starts).
 
@@ -80,37 +80,46 @@ fn cached_guest_image(cache: &Path) -> Option<(PathBuf, PathBuf)> {
     None
 }
 
-fn default_cache() -> PathBuf {
-    match std::env::var_os("MEMTIDE_CACHE") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from("target/memtide-cache"),
-    }
-}
+/// Why the arguments give no config: the exit code (2 bad input, 1 failure) and a message.
+pub type ArgsError = (u8, String);
 
-/// Turns the arguments into a [`VmConfig`] (no file or KVM access beyond locating the
-/// default image).
-pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, String> {
+/// Turns the arguments into a [`VmConfig`] (no file or KVM access beyond locating, or
+/// building, the default image).
+pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, ArgsError> {
     let (kernel, initrd) = match &args.kernel {
         Some(k) => (k.clone(), args.initrd.clone()),
         None => {
-            let cache = default_cache();
-            let (k, i) = cached_guest_image(&cache).ok_or_else(|| {
-                format!(
-                    "no --kernel given and no guest image in {} (build it with the test \
-                     harness, or set MEMTIDE_CACHE)",
-                    cache.display()
-                )
-            })?;
+            let cache = memtide_testbed::cache::default_cache_dir();
+            let (k, i) = match cached_guest_image(&cache) {
+                Some(found) => found,
+                None => {
+                    eprintln!(
+                        "memtide run: no --kernel and no guest image in {}: building it",
+                        cache.display()
+                    );
+                    let cfg = memtide_testbed::ImageConfig {
+                        cache: cache.clone(),
+                        ..Default::default()
+                    };
+                    let img = memtide_testbed::GuestImage::build(&cfg).map_err(|e| {
+                        (
+                            1,
+                            format!("no --kernel given and the guest image cannot be built: {e}"),
+                        )
+                    })?;
+                    (img.kernel, img.initrd)
+                }
+            };
             (k, Some(args.initrd.clone().unwrap_or(i)))
         }
     };
     let numa = args
         .numa
         .iter()
-        .map(|s| s.parse::<NumaNodeConfig>().map_err(|e| e.to_string()))
+        .map(|s| s.parse::<NumaNodeConfig>().map_err(|e| (2, e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
     let memory = match &args.memory {
-        Some(m) => parse_size(m).map_err(|e| e.to_string())?,
+        Some(m) => parse_size(m).map_err(|e| (2, e.to_string()))?,
         None if !numa.is_empty() => numa.iter().map(|n| n.memory).sum(),
         None => 512 << 20,
     };
@@ -131,9 +140,9 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, String> {
 pub fn run(args: &RunArgs) -> ExitCode {
     let config = match config_from_args(args) {
         Ok(c) => c,
-        Err(e) => {
+        Err((code, e)) => {
             eprintln!("memtide run: error: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(code);
         }
     };
     let vm = match Vm::new(&config) {
@@ -193,7 +202,8 @@ mod tests {
     #[test]
     fn bad_numa_is_reported() {
         let a = parse(&["--kernel", "/k", "--numa", "guest_numa_id=0,memory=1G"]);
-        let e = config_from_args(&a).expect_err("cpus missing");
+        let (code, e) = config_from_args(&a).expect_err("cpus missing");
+        assert_eq!(code, 2);
         assert!(e.contains("cpus is missing"), "{e}");
     }
 
