@@ -144,6 +144,16 @@ impl Guest {
         self.agent_at
     }
 
+    /// The VMM's process id (its process group id too): a local pid, or a pid inside the
+    /// emulated host.
+    pub fn vmm_pid(&self) -> Option<u32> {
+        match &self.reaper {
+            Some(Reaper::Local(c)) => Some(c.id()),
+            Some(Reaper::InHost { pgid, .. }) => Some(*pgid),
+            None => None,
+        }
+    }
+
     /// The VMM's exit status once it exited (seen on the console).
     pub fn exit_status(&self) -> Option<i32> {
         self.exit_status
@@ -173,11 +183,7 @@ impl Guest {
                 self.agent_at = Some(line.at);
                 Ok(line)
             }
-            (Err(ConsoleError::Closed { tail, .. }), _) => Err(Error::GuestDied {
-                label: self.label.clone(),
-                status: String::new(),
-                tail,
-            }),
+            (Err(e @ ConsoleError::Closed { .. }), _) => Err(self.closed(e)),
             (Err(ConsoleError::Timeout { tail, waited, .. }), _) => Err(Error::GuestSilent {
                 label: self.label.clone(),
                 waited,
@@ -191,7 +197,7 @@ impl Guest {
     /// An agent error reply is [`Error::AgentCommand`]; a VMM exit meanwhile is an error too.
     pub fn command(&mut self, cmd: &str, timeout: Duration) -> Result<Vec<Record>> {
         let word = cmd.split_whitespace().next().unwrap_or("").to_string();
-        self.console.send_line(cmd)?;
+        self.console.send_line(cmd).map_err(|e| self.closed(e))?;
         let mut records = Vec::new();
         let mut failure: Option<Error> = None;
         let label = self.label.clone();
@@ -233,7 +239,8 @@ impl Guest {
                         true
                     }
                 }
-            })?;
+            })
+            .map_err(|e| self.closed(e))?;
         if let Some(s) = exit {
             self.exit_status = Some(s);
             return Err(Error::AgentCommand {
@@ -324,6 +331,26 @@ impl Guest {
         }
     }
 
+    /// A console that closed: for a guest in the emulated host that is the host's QEMU
+    /// exiting (the console is a socket to it), i.e. a dead host; otherwise a plain error.
+    fn closed(&self, e: ConsoleError) -> Error {
+        match (&e, &self.reaper) {
+            (ConsoleError::Closed { tail, .. }, Some(Reaper::InHost { .. })) => Error::HostDied {
+                reason: format!(
+                    "guest {}'s console closed: the emulated host's QEMU exited",
+                    self.label
+                ),
+                tail: tail.clone(),
+            },
+            (ConsoleError::Closed { tail, .. }, _) => Error::GuestDied {
+                label: self.label.clone(),
+                status: " without an exit marker".into(),
+                tail: tail.clone(),
+            },
+            _ => e.into(),
+        }
+    }
+
     /// Waits until the VMM exits; returns its exit status.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<i32> {
         if let Some(s) = self.exit_status {
@@ -331,7 +358,8 @@ impl Guest {
         }
         let line = self
             .console
-            .wait_for_line("VMM exit", timeout, |l| exit_status_of(l).is_some())?;
+            .wait_for_line("VMM exit", timeout, |l| exit_status_of(l).is_some())
+            .map_err(|e| self.closed(e))?;
         let status = exit_status_of(&line.text).unwrap_or(-1);
         self.exit_status = Some(status);
         if let Some(Reaper::Local(child)) = self.reaper.as_mut() {

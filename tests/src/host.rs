@@ -462,4 +462,112 @@ mod tests {
             Err(e) => panic!("unexpected error {e}"),
         }
     }
+
+    fn fake_host() -> KvmHost {
+        let image = GuestImage {
+            kernel: "/nonexistent/vmlinuz".into(),
+            initrd: "/nonexistent/initrd".into(),
+            modules: Vec::new(),
+            debian: None,
+            agent: "/nonexistent/agent".into(),
+        };
+        KvmHost::Hardware(HardwareHost {
+            image,
+            binaries: vec!["/bin/sh".into()],
+        })
+    }
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["sh".into(), "-c".into(), script.into()]
+    }
+
+    /// A stand-in for a VMM whose guest agent answers one `echo` and one `poweroff`.
+    const FAKE_AGENT: &str = "echo booting; echo 'AGENT ready version=1'; read c; \
+        echo 'AGENT out hi'; echo 'AGENT done cmd=echo status=ok'; read c; \
+        echo 'AGENT done cmd=poweroff status=ok'; exit 0";
+
+    #[test]
+    fn guests_are_driven_and_deaths_classified_without_a_vm() {
+        let host = fake_host();
+        assert_eq!(host.binary("sh").expect("listed"), "/bin/sh");
+        let t = Duration::from_secs(20);
+
+        let mut g = host
+            .spawn_guest("dies", &sh("echo kernel panic; exit 3"))
+            .expect("spawn");
+        let e = g.wait_agent(t).expect_err("dies");
+        assert!(
+            matches!(e, Error::GuestDied { .. }) && e.to_string().contains("status 3"),
+            "{e}"
+        );
+        assert_eq!(g.exit_status(), Some(3));
+
+        let mut g = host.spawn_guest("silent", &sh("sleep 30")).expect("spawn");
+        let pid = g.vmm_pid().expect("a pid");
+        let e = g
+            .wait_agent(Duration::from_millis(300))
+            .expect_err("silent");
+        assert!(matches!(e, Error::GuestSilent { .. }), "{e}");
+        drop(g);
+        let alive = Command::new("kill")
+            .args(["-0", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(
+            !alive.success(),
+            "the silent VMM's process group was killed on drop"
+        );
+
+        let mut g = host.spawn_guest("ok", &sh(FAKE_AGENT)).expect("spawn");
+        g.wait_agent(t).expect("agent");
+        assert!(g.agent_at().is_some());
+        let recs = g.command("echo hi", t).expect("echo");
+        assert_eq!(
+            recs[0],
+            memtide_guest_agent::protocol::Record::Out("hi".into())
+        );
+        assert_eq!(g.poweroff(t).expect("poweroff"), 0);
+    }
+
+    #[test]
+    fn boot_guest_boots_a_dead_guest_again_at_most_twice() {
+        let host = fake_host();
+        let t = Duration::from_secs(20);
+        let mut attempts = Vec::new();
+        let g = host
+            .boot_guest("flaky", t, |a| {
+                attempts.push(a);
+                if a < 3 {
+                    sh("exit 0")
+                } else {
+                    sh(FAKE_AGENT)
+                }
+            })
+            .expect("third boot works");
+        drop(g);
+        assert_eq!(attempts, vec![1, 2, 3]);
+        let mut n = 0;
+        let e = host
+            .boot_guest("dead", t, |_| {
+                n += 1;
+                sh("exit 0")
+            })
+            .expect_err("always dead");
+        assert!(e.is_dead_guest());
+        assert_eq!(n, 3);
+        // A guest whose agent answers wrongly is not booted again.
+        let mut n = 0;
+        let mut g = host
+            .boot_guest("wrong", t, |_| {
+                n += 1;
+                sh("echo 'AGENT ready version=1'; read c; echo 'AGENT done cmd=verify status=err msg=2 words lost'; sleep 5")
+            })
+            .expect("boots");
+        let e = g.verify().expect_err("wrong result");
+        assert!(
+            matches!(e, Error::AgentCommand { .. }) && e.to_string().contains("2 words lost"),
+            "{e}"
+        );
+        assert_eq!(n, 1);
+    }
 }

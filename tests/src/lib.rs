@@ -87,4 +87,4 @@ pub use host::{HostKind, KvmHost, Machine, QemuGuest, Selection};
 pub use image::{GuestImage, ImageConfig};
 pub use memtide_guest_agent::protocol;
 pub use retry::{retry_boot, Policy};
-pub use timing::{process_age, say, Timeline};
+pub use timing::{cargo_age, process_age, say, Timeline};

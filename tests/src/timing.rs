@@ -15,10 +15,25 @@ pub fn say(msg: &str) {
 /// How long this process has been running (from /proc/self/stat and /proc/uptime; the kernel's
 /// USER_HZ is 100 on every Linux architecture memtide runs on). `None` if unreadable.
 pub fn process_age() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which is in parentheses and may contain spaces).
-    let rest = stat.rsplit_once(')')?.1;
-    let start_ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    pid_age("self")
+}
+
+/// (command name, parent pid, start time in ticks since boot) of a process.
+fn stat_of(pid: &str) -> Option<(String, u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: split at the last ')'.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_string();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some((
+        comm,
+        fields.get(1)?.parse().ok()?,
+        fields.get(19)?.parse().ok()?,
+    ))
+}
+
+fn pid_age(pid: &str) -> Option<Duration> {
+    let (_, _, start_ticks) = stat_of(pid)?;
     let uptime: f64 = std::fs::read_to_string("/proc/uptime")
         .ok()?
         .split_whitespace()
@@ -27,6 +42,23 @@ pub fn process_age() -> Option<Duration> {
         .ok()?;
     let age = uptime - start_ticks as f64 / 100.0;
     (age >= 0.0).then(|| Duration::from_secs_f64(age))
+}
+
+/// How long ago the `cargo` process that runs this test started (`cargo test` start, which
+/// includes building and earlier test binaries), if an ancestor is cargo.
+pub fn cargo_age() -> Option<Duration> {
+    let mut pid = "self".to_string();
+    for _ in 0..8 {
+        let (comm, ppid, _) = stat_of(&pid)?;
+        if comm == "cargo" {
+            return pid_age(&pid);
+        }
+        if ppid <= 1 {
+            return None;
+        }
+        pid = ppid.to_string();
+    }
+    None
 }
 
 /// An ordered set of named instants relative to a start.
@@ -86,6 +118,12 @@ mod tests {
     fn process_age_is_plausible() {
         let age = process_age().expect("readable on Linux");
         assert!(age < Duration::from_secs(24 * 3600), "{age:?}");
+        // Under `cargo test` the runner is an ancestor and older than this process.
+        if let Some(c) = cargo_age() {
+            assert!(c >= age, "cargo {c:?} older than the test process {age:?}");
+        }
+        let (comm, _, _) = stat_of("self").expect("own stat");
+        assert!(!comm.is_empty());
     }
 
     #[test]
