@@ -56,13 +56,20 @@ pub fn run(args: &ImageArgs) -> ExitCode {
             cfg.agent = agent.clone();
             match GuestImage::build(&cfg) {
                 Ok(img) => {
-                    println!("kernel: {}", img.kernel.display());
-                    println!("initrd: {}", img.initrd.display());
-                    println!("agent: {}", img.agent.display());
-                    println!("modules: {}", img.modules.join(" "));
+                    let mut text = format!(
+                        "kernel: {}\ninitrd: {}\nagent: {}\nmodules: {}\n",
+                        img.kernel.display(),
+                        img.initrd.display(),
+                        img.agent.display(),
+                        img.modules.join(" ")
+                    );
                     if let Some(deb) = &img.debian {
-                        println!("debian package: {} ({})", deb.package, deb.root.display());
+                        text +=
+                            &format!("debian package: {} ({})\n", deb.package, deb.root.display());
                     }
+                    // A closed pipe (`| head`) is not an error worth a panic.
+                    let _ =
+                        std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
                     ExitCode::SUCCESS
                 }
                 Err(e @ Error::Config(_)) => {
