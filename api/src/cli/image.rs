@@ -84,3 +84,33 @@ pub fn run(args: &ImageArgs) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_kernel_or_agent_is_bad_input_before_any_work() {
+        let cache = std::env::temp_dir().join(format!("memtide-image-cli-{}", std::process::id()));
+        for (kernel, agent) in [
+            (Some("/nonexistent/bzImage".into()), None),
+            (None, Some("/nonexistent/agent".into())),
+        ] {
+            let args = ImageArgs {
+                action: ImageAction::Build {
+                    cache: Some(cache.clone()),
+                    kernel,
+                    agent,
+                },
+            };
+            assert_eq!(
+                format!("{:?}", run(&args)),
+                format!("{:?}", ExitCode::from(2))
+            );
+        }
+        assert!(
+            !cache.exists(),
+            "bad input changes nothing (no cache directory made)"
+        );
+    }
+}
