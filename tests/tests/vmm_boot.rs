@@ -117,6 +117,25 @@ fn boot_and_check(host: &KvmHost, memtide: &str, s: &Scenario, t: &mut Timeline)
     Ok(())
 }
 
+/// SIGTERM to a running memtide stops the VM and memtide exits 0, saying why.
+fn sigterm_stops_cleanly(host: &KvmHost, memtide: &str) -> Result<()> {
+    let argv = run_argv(host, memtide, &["--vcpus", "2", "--memory", "256M"]);
+    let mut guest = host.boot_guest("sigterm", AGENT_TIMEOUT, |_| argv.clone())?;
+    let out = host.run("kill -TERM $(pidof memtide)", Duration::from_secs(20))?;
+    assert_eq!(out.status, 0, "kill found memtide: {out:?}");
+    assert_eq!(
+        guest.wait_exit(Duration::from_secs(30))?,
+        0,
+        "exit status after SIGTERM"
+    );
+    let tail = guest.console().tail();
+    assert!(
+        tail.contains("VM stopped: Stopped"),
+        "memtide says why: {tail}"
+    );
+    Ok(())
+}
+
 /// Bad configurations: exit status 2 and the message, nothing started.
 fn bad_configs(host: &KvmHost, memtide: &str) -> Result<()> {
     let k = host.guest_kernel();
@@ -236,6 +255,8 @@ fn memtide_boots_the_guest_image_with_smp_and_numa() {
     for s in &scenarios {
         boot_and_check(&host, &memtide, s, &mut t).expect(s.label);
     }
+    sigterm_stops_cleanly(&host, &memtide).expect("SIGTERM");
+    t.mark("SIGTERM handled");
     bad_configs(&host, &memtide).expect("bad configurations");
     t.mark("bad configurations rejected");
     if let KvmHost::Emulated(h) = host {
