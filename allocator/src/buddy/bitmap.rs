@@ -1,12 +1,12 @@
 //! Bitmaps behind the free-block index.
 //!
-//! * [`Bitmap`]: a flat bitmap, only touched under the zone lock (free-block heads per order).
-//! * [`LevelBitmap`]: a bitmap with summary levels (bit `j` of level `k + 1` is set iff word
+//! * `Bitmap`: a flat bitmap, only touched under the zone lock (free-block heads per order).
+//! * `LevelBitmap`: a bitmap with summary levels (bit `j` of level `k + 1` is set iff word
 //!   `j` of level `k` is non-zero), so the first set bit is found in `O(levels)` word reads.
 //!   Used per (order, free list) at pageblock granularity.
-//! * [`AtomicBitmap`]: one bit per page, readable and updatable without the zone lock (the
+//! * `AtomicBitmap`: one bit per page, readable and updatable without the zone lock (the
 //!   "allocated head" bits, cleared and set by the per-CPU fast path).
-//! * [`AtomicTags`]: two bits per page (free-list tags of free heads, order codes of allocated
+//! * `AtomicTags`: two bits per page (free-list tags of free heads, order codes of allocated
 //!   heads); written only under the zone lock, read without it.
 //!
 //! All of them are allocated zeroed (`calloc`), so a large, mostly untouched bitmap costs

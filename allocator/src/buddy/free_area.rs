@@ -7,7 +7,7 @@
 //! * `heads[o]`: one bit per naturally aligned block of order `o`; set iff that block is a
 //!   free buddy block of exactly order `o` (Linux: `PageBuddy(page) && buddy_order(page) == o`).
 //!   Summed over the orders this is `2` bits per page.
-//! * the free list a free block is on is its two-bit tag in the zone's [`AtomicTags`] at the
+//! * the free list a free block is on is its two-bit tag in the zone's `AtomicTags` at the
 //!   head page (`get_pcppage_migratetype`-like: it can differ from the pageblock's migratetype,
 //!   exactly as in Linux after a single-page fallback steal). `2` bits per page.
 //! * `summary[o][l]`: one bit per pageblock, a *superset* of the pageblocks that hold a free

@@ -4,11 +4,11 @@
 //! `__free_one_page`, `rmqueue_bulk`, `free_pcppages_bulk`).
 //!
 //! Per-page state of a zone (the whole metadata budget, see [`super`]):
-//! * free-block heads per order (in [`FreeIndex`], under the lock): 2 bits per page;
-//! * a two-bit tag per page ([`AtomicTags`]): for the head of a free block, its free list;
+//! * free-block heads per order (in `FreeIndex`, under the lock): 2 bits per page;
+//! * a two-bit tag per page (`AtomicTags`): for the head of a free block, its free list;
 //!   for the head of an allocated block, its order (`0` = order 0, else
 //!   `tag[h] = 1 + (order-1)/4`, `tag[h+1] = (order-1)%4`, using the block's second page);
-//! * one "allocated head" bit per page ([`AtomicBitmap`]): set while the block starting
+//! * one "allocated head" bit per page (`AtomicBitmap`): set while the block starting
 //!   there is handed out to a caller (not while it sits on a per-CPU list).
 
 use super::bitmap::{AtomicBitmap, AtomicTags};
