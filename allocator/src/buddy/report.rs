@@ -5,7 +5,8 @@
 //! zoneinfo prints the subset of fields the pool has, in the kernel's layout: `pages free`,
 //! `boost` (always 0), `min`, `low`, `high`, `spanned`, `present`, `managed`, `cma` (0),
 //! `protection:` (five entries: the kernel's `MAX_NR_ZONES` with ZONE_DEVICE), then for
-//! populated zones `nr_free_pages`, the pagesets of each cache slot, `node_unreclaimable`
+//! populated zones `nr_free_pages`, the pagesets of each cache slot (with `vm stats
+//! threshold` as `calculate_normal_threshold` computes it), `node_unreclaimable`
 //! and `start_pfn`. The per-node stats block and the other vmstat counters are left out.
 //! A ZONE_DEVICE entry (always empty) follows each node's Movable zone, as on x86_64.
 //! pagetypeinfo lists the migratetypes Unmovable, Movable, Reclaimable, HighAtomic, Isolate
@@ -138,6 +139,17 @@ fn pageblock_counts(z: &Zone) -> [u64; 5] {
     count
 }
 
+/// `fls()`: one-based index of the highest set bit, 0 for 0.
+fn fls(x: u64) -> u64 {
+    u64::from(64 - x.leading_zeros())
+}
+
+/// `calculate_normal_threshold()`: the per-CPU vmstat threshold zoneinfo prints.
+pub fn calculate_normal_threshold(managed_pages: u64, nr_cpus: u64) -> u64 {
+    let mem = managed_pages >> (27 - crate::types::PAGE_SHIFT);
+    (2 * fls(nr_cpus) * (1 + fls(mem))).min(125)
+}
+
 fn zoneinfo_zone(m: &mut String, node: u32, name: &str, z: Option<&Zone>) {
     let _ = write!(m, "Node {node}, zone {name:>8}");
     let free = z.map_or(0, Zone::nr_free_pages);
@@ -164,11 +176,12 @@ fn zoneinfo_zone(m: &mut String, node: u32, name: &str, z: Option<&Zone>) {
     };
     let _ = write!(m, "\n      {:<12} {free}", "nr_free_pages");
     let _ = write!(m, "\n  pagesets");
+    let threshold = calculate_normal_threshold(z.managed_pages(), z.pcp.len() as u64);
     for (i, slot) in z.pcp.iter().enumerate() {
         let p = lock(&slot.0);
         let _ = write!(
             m,
-            "\n    cpu: {i}\n              count: {}\n              high:  {}\n              batch: {}",
+            "\n    cpu: {i}\n              count: {}\n              high:  {}\n              batch: {}\n  vm stats threshold: {threshold}",
             p.count, p.high, p.batch
         );
     }

@@ -442,6 +442,11 @@ fn reports_have_kernel_layout() {
         "{zi}"
     );
     assert!(zi.ends_with("Node 0, zone   Device\n  pages free     0\n        boost    0\n        min      0\n        low      0\n        high     0\n        spanned  0\n        present  0\n        managed  0\n        cma      0\n        protection: (0, 0, 0, 0, 0)\n"), "{zi}");
+    assert!(
+        zi.contains("              batch: 1\n  vm stats threshold: 4\n    cpu: 1\n"),
+        "{zi}"
+    );
+    assert_eq!(super::report::calculate_normal_threshold(1 << 20, 2), 28);
     // lowmem_reserve of DMA: DMA32 12288 / 256 = 48; + Normal 0; + Movable 8192 -> 80.
     assert_eq!(z.lowmem_reserve(), [0, 48, 48, 80, 80]);
     let pt = pool.pagetypeinfo();
