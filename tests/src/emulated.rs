@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::guest::{Guest, Reaper, VMM_EXIT_MARKER};
 use crate::image::{add_binary, GuestImage};
 use crate::kmod::ModuleIndex;
-use crate::retry::{retry_boot, Policy};
+use crate::retry::{retry_boot_at_most, Policy, HOST_BOOTS};
 use crate::shell::{CmdOutput, Shell};
 use crate::timing::say;
 use crate::tools::{self, shell_quote};
@@ -92,6 +92,10 @@ pub struct HostConfig {
     pub kernel_args: String,
     /// How long the host may take to print its ready line.
     pub boot_timeout: Duration,
+    /// Boots [`EmulatedHost::start`] may use (default [`HOST_BOOTS`]: a dead host is booted
+    /// once more). A test that wraps the whole scenario in [`crate::retry_boot`] with
+    /// [`Policy::Host`] sets 1 so the total stays within the policy.
+    pub boots: u32,
 }
 
 impl Default for HostConfig {
@@ -106,6 +110,7 @@ impl Default for HostConfig {
             forward_ports: Vec::new(),
             kernel_args: String::new(),
             boot_timeout: Duration::from_secs(90),
+            boots: HOST_BOOTS,
         }
     }
 }
@@ -256,7 +261,7 @@ impl EmulatedHost {
         };
         let ticket = HostTicket::take();
         let mut ticket = Some(ticket);
-        retry_boot("emulated KVM host", Policy::Host, |attempt| {
+        retry_boot_at_most("emulated KVM host", Policy::Host, cfg.boots, |attempt| {
             let t = ticket.take().unwrap_or_else(HostTicket::take);
             Self::start_once(cfg, &image, &kernel, attempt, t)
         })

@@ -41,12 +41,19 @@ impl Policy {
 
 /// Runs `boot(attempt)` (attempt counts from 1) until it succeeds, fails in a way `policy`
 /// does not retry, or the boots are used up; prints each retry.
-pub fn retry_boot<T>(
+pub fn retry_boot<T>(what: &str, policy: Policy, boot: impl FnMut(u32) -> Result<T>) -> Result<T> {
+    retry_boot_at_most(what, policy, policy.max_boots(), boot)
+}
+
+/// [`retry_boot`] with at most `max` boots (at most the policy's own limit), for callers that
+/// nest retries and must keep the total within the policy.
+pub fn retry_boot_at_most<T>(
     what: &str,
     policy: Policy,
+    max: u32,
     mut boot: impl FnMut(u32) -> Result<T>,
 ) -> Result<T> {
-    let max = policy.max_boots();
+    let max = max.clamp(1, policy.max_boots());
     let mut attempt = 1;
     loop {
         match boot(attempt) {
@@ -124,5 +131,17 @@ mod tests {
             })
         });
         assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn nested_callers_can_lower_but_not_raise_the_limit() {
+        for (max, expected) in [(1, 1), (2, 2), (10, GUEST_BOOTS), (0, 1)] {
+            let mut n = 0;
+            let _ = retry_boot_at_most::<()>("g", Policy::Guest, max, |_| {
+                n += 1;
+                Err(silent())
+            });
+            assert_eq!(n, expected, "max {max}");
+        }
     }
 }

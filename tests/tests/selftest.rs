@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn scenario(image: &GuestImage, t: &mut Timeline) -> Result<()> {
+    // The whole scenario is retried once on a dead host (below), so start() boots only once.
     let cfg = HostConfig {
         nodes_mib: vec![1024, 1024],
         image: Some(image.clone()),
+        boots: 1,
         ..HostConfig::default()
     };
     let (_sel, host) = KvmHost::start(&cfg)?;
