@@ -10,6 +10,7 @@
 pub mod acpi;
 pub mod boot;
 pub mod config;
+pub mod control;
 pub mod cpu;
 pub mod devices;
 pub mod event_loop;

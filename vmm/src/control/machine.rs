@@ -1,0 +1,106 @@
+//! The seam between the control plane and a VM: a [`Launcher`] builds a [`Machine`] from a
+//! [`VmConfig`] on the shared pool; the control plane runs it on its own thread and talks to
+//! it through its [`ExitSignal`] (stop, pause gate) and its [`HotplugMemory`] (virtio-mem).
+//!
+//! [`KvmLauncher`] builds real KVM VMs ([`Vm`]); tests may plug in their own launcher.
+
+use std::sync::Arc;
+
+use crate::config::{SerialOutput, VmConfig};
+use crate::devices::serial::SerialOut;
+use crate::exit::{ExitReason, ExitSignal};
+use crate::layout::GuestMemoryMap;
+use crate::memory::host::HostMemory;
+use crate::memory::pool::PoolBacking;
+use crate::vm::{Vm, VmError};
+
+/// The hot-pluggable memory of one guest node as its virtio-mem device sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HotplugNode {
+    /// Guest node.
+    pub guest_node: u32,
+    /// Device block size, bytes.
+    pub block_size: u64,
+    /// Region size, bytes.
+    pub region_size: u64,
+    /// `usable_region_size`, bytes.
+    pub usable: u64,
+    /// `plugged_size`, bytes.
+    pub plugged: u64,
+    /// `requested_size`, bytes.
+    pub requested: u64,
+}
+
+/// A VM's virtio-mem devices, one per guest node with a hot-pluggable range.
+pub trait HotplugMemory: Send + Sync {
+    /// The devices' current sizes, by guest node.
+    fn nodes(&self) -> Vec<HotplugNode>;
+    /// Sets `requested_size` of `guest_node`'s device (a multiple of its block size, at
+    /// most its usable size) and notifies the guest.
+    fn set_requested(&self, guest_node: u32, bytes: u64) -> Result<(), String>;
+}
+
+/// A built VM, ready to run on a thread of its own.
+pub trait Machine: Send {
+    /// The exit signal (stop requests, pause gate).
+    fn exit_signal(&self) -> Arc<ExitSignal>;
+    /// The guest memory map.
+    fn memory_map(&self) -> GuestMemoryMap;
+    /// The virtio-mem devices, if the VM has any.
+    fn hotplug(&self) -> Option<Arc<dyn HotplugMemory>>;
+    /// Runs until the VM ends; boot RAM goes back to the pool when this returns.
+    fn run(self: Box<Self>) -> Result<ExitReason, VmError>;
+}
+
+/// Builds machines.
+pub trait Launcher: Send + Sync {
+    /// Builds a VM from a validated `config` whose serial console is already set, its RAM
+    /// from `pool` over `host`. On error nothing stays allocated.
+    fn launch(
+        &self,
+        config: &VmConfig,
+        pool: &PoolBacking,
+        host: &Arc<HostMemory>,
+    ) -> Result<Box<dyn Machine>, VmError>;
+}
+
+/// Builds real KVM VMs.
+#[derive(Debug, Default)]
+pub struct KvmLauncher;
+
+impl Machine for Vm {
+    fn exit_signal(&self) -> Arc<ExitSignal> {
+        Vm::exit_signal(self)
+    }
+
+    fn memory_map(&self) -> GuestMemoryMap {
+        Vm::memory_map(self).clone()
+    }
+
+    fn hotplug(&self) -> Option<Arc<dyn HotplugMemory>> {
+        // memtide's Vm has no virtio-mem devices yet (issue 5 wires them).
+        None
+    }
+
+    fn run(self: Box<Self>) -> Result<ExitReason, VmError> {
+        Vm::run(*self, false)
+    }
+}
+
+impl Launcher for KvmLauncher {
+    fn launch(
+        &self,
+        config: &VmConfig,
+        pool: &PoolBacking,
+        host: &Arc<HostMemory>,
+    ) -> Result<Box<dyn Machine>, VmError> {
+        let out: SerialOut = match &config.serial_output {
+            SerialOutput::Stdout => Box::new(std::io::stdout()),
+            SerialOutput::File(p) => {
+                Box::new(std::fs::File::create(p).map_err(|e| VmError::SerialFile(p.clone(), e))?)
+            }
+        };
+        let vm = Vm::with_backing(config, host.clone(), Box::new(pool.clone()), out)?;
+        Ok(Box::new(vm))
+    }
+}

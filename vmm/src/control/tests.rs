@@ -1,0 +1,285 @@
+//! Control plane tests with the fake launcher: real pool, real pause gate, no KVM.
+
+use super::testing::{used_pages, FakeLauncher};
+use super::*;
+use crate::config::NumaNodeConfig;
+
+const M: u64 = 1 << 20;
+
+fn plane(hotplug: bool) -> ControlPlane {
+    let cfg = PlaneConfig {
+        nodes: Some(vec![(0, 1 << 30)]),
+        movablecore: Some("50%".into()),
+        max_vms: 3,
+        ..PlaneConfig::default()
+    };
+    ControlPlane::new(
+        &cfg,
+        Box::new(FakeLauncher {
+            hotplug,
+            ..FakeLauncher::default()
+        }),
+    )
+    .expect("plane")
+}
+
+fn config(memory: u64, hotplug: u64) -> VmConfig {
+    let mut c = VmConfig::new("/k".into(), 1, memory);
+    c.numa = vec![NumaNodeConfig {
+        guest_node: 0,
+        vcpus: vec![0],
+        memory,
+        host_node: 0,
+        hotplug_size: hotplug,
+    }];
+    c
+}
+
+fn create(p: &ControlPlane, id: &str, memory: u64, hotplug: u64) -> Result<VmInfo, ControlError> {
+    p.create_vm(CreateVm {
+        id: Some(id.into()),
+        config: config(memory, hotplug),
+        console: None,
+    })
+}
+
+#[test]
+fn life_cycle_and_pool_accounting() {
+    let p = plane(false);
+    let used0 = used_pages(p.pool());
+    let a = create(&p, "a", 128 * M, 0).expect("a");
+    assert_eq!(a.state, VmState::Running);
+    assert_eq!(a.boot_memory, 128 * M);
+    assert_eq!(used_pages(p.pool()) - used0, 128 * M / 4096);
+    assert!(matches!(
+        create(&p, "a", 64 * M, 0),
+        Err(ControlError::Exists(_))
+    ));
+    let auto = p
+        .create_vm(CreateVm {
+            id: None,
+            config: config(32 * M, 0),
+            console: None,
+        })
+        .expect("auto id");
+    assert_eq!(auto.id, "vm0");
+    assert_eq!(p.list_vms().len(), 2);
+
+    assert_eq!(p.pause("a").expect("pause").state, VmState::Paused);
+    assert!(matches!(
+        p.pause("a"),
+        Err(ControlError::WrongState {
+            state: "paused",
+            ..
+        })
+    ));
+    assert_eq!(p.resume("a").expect("resume").state, VmState::Running);
+    assert!(matches!(
+        p.resume("a"),
+        Err(ControlError::WrongState { .. })
+    ));
+    assert!(matches!(
+        p.delete("a"),
+        Err(ControlError::WrongState { .. })
+    ));
+    // A paused VM can be shut down.
+    p.pause("a").expect("pause");
+    let s = p.shutdown("a").expect("shutdown");
+    assert_eq!(s.state, VmState::Stopped);
+    assert_eq!(s.exit_reason.as_deref(), Some("stopped"));
+    assert!(matches!(
+        p.shutdown("a"),
+        Err(ControlError::WrongState { .. })
+    ));
+    assert_eq!(
+        used_pages(p.pool()) - used0,
+        32 * M / 4096,
+        "a's RAM is back"
+    );
+    p.delete("a").expect("delete");
+    assert!(matches!(p.vm_info("a"), Err(ControlError::NotFound(_))));
+    assert!(matches!(p.vm_info("../a"), Err(ControlError::BadId(_))));
+    p.shutdown("vm0").expect("stop");
+    p.delete("vm0").expect("delete");
+    assert_eq!(used_pages(p.pool()), used0);
+    p.pool().pool().validate().expect("pool consistent");
+}
+
+#[test]
+fn bad_creates_change_nothing() {
+    let p = plane(false);
+    let used0 = used_pages(p.pool());
+    let e = create(&p, "a", 3 * M, 0).expect_err("unaligned");
+    assert_eq!(e.kind(), ErrorKind::BadRequest, "{e}");
+    let mut c = config(64 * M, 0);
+    c.vcpus = 999;
+    let e = p
+        .create_vm(CreateVm {
+            id: Some("b".into()),
+            config: c,
+            console: None,
+        })
+        .expect_err("vcpus");
+    assert_eq!(e.kind(), ErrorKind::BeyondLimits, "{e}");
+    // Node 0 has ~512 MiB of kernel zones (movablecore=50%).
+    let e = create(&p, "c", 800 * M, 0).expect_err("exhausted");
+    assert_eq!(e.kind(), ErrorKind::Exhausted, "{e}");
+    let e = create(&p, "/etc", 64 * M, 0).expect_err("bad id");
+    assert_eq!(e.kind(), ErrorKind::BadRequest);
+    assert!(p.list_vms().is_empty());
+    assert_eq!(used_pages(p.pool()), used0);
+    for id in ["x", "y", "z"] {
+        create(&p, id, 16 * M, 0).expect("fits");
+    }
+    let e = create(&p, "w", 16 * M, 0).expect_err("max_vms");
+    assert_eq!(e.kind(), ErrorKind::BeyondLimits);
+}
+
+#[test]
+fn resize_without_virtio_mem_is_refused_clearly() {
+    let p = plane(false);
+    create(&p, "a", 64 * M, 128 * M).expect("a");
+    create(&p, "b", 64 * M, 0).expect("b");
+    let r = |id: &str, size| ResizeVm {
+        id: id.into(),
+        node: None,
+        size,
+        wait_secs: 0,
+    };
+    let e = p.resize(&r("a", 128 * M)).expect_err("no virtio-mem");
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert!(e.to_string().contains("no virtio-mem device"), "{e}");
+    let e = p.resize(&r("b", 128 * M)).expect_err("no hotplug range");
+    assert_eq!(e.kind(), ErrorKind::BeyondLimits, "{e}");
+    let e = p.resize(&r("a", 128 * M + 4096)).expect_err("unaligned");
+    assert_eq!(e.kind(), ErrorKind::BadRequest);
+    let e = p.resize(&r("nope", 128 * M)).expect_err("unknown");
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    let e = p
+        .rebalance(&Rebalance {
+            from: "a".into(),
+            to: "b".into(),
+            size: 64 * M,
+            from_node: None,
+            to_node: None,
+            wait_secs: 0,
+        })
+        .expect_err("no virtio-mem");
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+}
+
+#[test]
+fn resize_and_rebalance_move_pool_blocks() {
+    let p = plane(true);
+    let used0 = used_pages(p.pool());
+    create(&p, "a", 64 * M, 256 * M).expect("a");
+    create(&p, "b", 64 * M, 256 * M).expect("b");
+    let r = p
+        .resize(&ResizeVm {
+            id: "a".into(),
+            node: Some(0),
+            size: 64 * M + 200 * M,
+            wait_secs: 5,
+        })
+        .expect("grow a");
+    assert!(r.complete);
+    assert_eq!(r.vm.nodes[0].plugged, 200 * M);
+    assert_eq!(r.vm.total_memory, 264 * M);
+    assert_eq!(used_pages(p.pool()) - used0, (128 + 200) * M / 4096);
+    let reb = |size, wait_secs| Rebalance {
+        from: "a".into(),
+        to: "b".into(),
+        size,
+        from_node: None,
+        to_node: None,
+        wait_secs,
+    };
+    let m = p.rebalance(&reb(150 * M, 5)).expect("move");
+    assert!(m.complete);
+    assert_eq!(m.moved, 150 * M);
+    assert_eq!(m.from.nodes[0].plugged, 50 * M);
+    assert_eq!(m.to.nodes[0].plugged, 150 * M);
+    assert_eq!(used_pages(p.pool()) - used0, (128 + 200) * M / 4096);
+    // More than a has: refused before anything changes.
+    let e = p.rebalance(&reb(52 * M, 0)).expect_err("a has 50 MiB");
+    assert_eq!(e.kind(), ErrorKind::BeyondLimits, "{e}");
+    // Beyond b's range.
+    let e = p
+        .resize(&ResizeVm {
+            id: "b".into(),
+            node: None,
+            size: 64 * M + 258 * M,
+            wait_secs: 0,
+        })
+        .expect_err("beyond");
+    assert_eq!(e.kind(), ErrorKind::BeyondLimits);
+    let e = p.rebalance(&Rebalance {
+        to: "a".into(),
+        ..reb(2 * M, 0)
+    });
+    assert!(matches!(e, Err(ControlError::Invalid(_))));
+    p.shutdown("a").expect("stop a");
+    let e = p.rebalance(&reb(2 * M, 0)).expect_err("a stopped");
+    assert_eq!(e.kind(), ErrorKind::Conflict);
+    p.shutdown("b").expect("stop b");
+    assert_eq!(used_pages(p.pool()), used0, "plugged blocks are back");
+    p.pool().pool().validate().expect("pool consistent");
+}
+
+#[test]
+fn growth_beyond_the_pool_is_refused() {
+    let p = plane(true);
+    // 4 GiB hot-pluggable range, but ZONE_MOVABLE holds ~512 MiB.
+    create(&p, "a", 64 * M, 4096 * M).expect("a");
+    let e = p
+        .resize(&ResizeVm {
+            id: "a".into(),
+            node: None,
+            size: 64 * M + 1024 * M,
+            wait_secs: 0,
+        })
+        .expect_err("pool");
+    assert_eq!(e.kind(), ErrorKind::Exhausted, "{e}");
+    assert_eq!(p.vm_info("a").expect("a").nodes[0].requested, 0);
+}
+
+#[test]
+fn partial_shrink_reports_what_moved() {
+    let pinned = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let cfg = PlaneConfig {
+        nodes: Some(vec![(0, 1 << 30)]),
+        movablecore: Some("50%".into()),
+        ..PlaneConfig::default()
+    };
+    let launcher = FakeLauncher {
+        hotplug: true,
+        pinned: pinned.clone(),
+    };
+    let p = ControlPlane::new(&cfg, Box::new(launcher)).expect("plane");
+    create(&p, "a", 64 * M, 256 * M).expect("a");
+    create(&p, "b", 64 * M, 256 * M).expect("b");
+    p.resize(&ResizeVm {
+        id: "a".into(),
+        node: None,
+        size: 64 * M + 128 * M,
+        wait_secs: 1,
+    })
+    .expect("grow");
+    // The fake guest keeps 100 MiB plugged (memory in use): only 28 MiB can move.
+    pinned.store(100 * M, std::sync::atomic::Ordering::SeqCst);
+    let m = p
+        .rebalance(&Rebalance {
+            from: "a".into(),
+            to: "b".into(),
+            size: 128 * M,
+            from_node: None,
+            to_node: None,
+            wait_secs: 1,
+        })
+        .expect("partial");
+    assert!(!m.complete);
+    assert_eq!(m.moved, 28 * M);
+    assert_eq!(m.from.nodes[0].plugged, 100 * M);
+    assert_eq!(m.from.nodes[0].requested, 0);
+    assert_eq!(m.to.nodes[0].plugged, 28 * M);
+}
