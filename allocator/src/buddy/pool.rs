@@ -383,9 +383,8 @@ impl Pool {
                 } else {
                     zone.rmqueue_buddy(order, mt, flags, (order > 0).then_some(mark + reserve))
                 };
-                if let Some(p) = pfn {
-                    zone.alloc_heads.test_and_set(p - zone.base);
-                    return Some(p);
+                if pfn.is_some() {
+                    return pfn;
                 }
             }
             if flags.nofragment {
@@ -418,15 +417,18 @@ impl Pool {
                 given: order,
             });
         }
-        if !zone.alloc_heads.test_and_clear(pfn.0 - zone.base) {
-            return Err(BuddyError::NotAllocated(pfn));
-        }
-        if pcp_allowed_order(order) {
-            zone.free_unref_page(this_slot(self.nr_slots), pfn.0, order);
+        // The allocated-head bit is cleared under the lock that takes the block back, so a
+        // concurrent validate() never sees a block that is neither allocated nor cached.
+        let freed = if pcp_allowed_order(order) {
+            zone.free_unref_page(this_slot(self.nr_slots), pfn.0, order)
         } else {
-            zone.free_one_page(pfn.0, order);
+            zone.free_one_page(pfn.0, order)
+        };
+        if freed {
+            Ok(())
+        } else {
+            Err(BuddyError::NotAllocated(pfn))
         }
-        Ok(())
     }
 
     /// Pages not handed out: buddy free pages (isolated ones included) plus per-CPU lists.

@@ -541,6 +541,43 @@ fn threads_allocate_disjoint_pages() {
 }
 
 #[test]
+fn validate_runs_while_threads_allocate() {
+    let pool = Pool::new(&two_nodes(), small_config()).expect("pool");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for t in 0..2u32 {
+            let (pool, stop) = (&pool, &stop);
+            s.spawn(move || {
+                let mut live = Vec::new();
+                let mut i = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let order = [0, 1, 3, 5, 9][(i % 5) as usize];
+                    if let Ok(p) =
+                        pool.alloc(req(order, MigrateType::PCPTYPES[(i % 3) as usize], t))
+                    {
+                        live.push((p, order));
+                    }
+                    if i % 2 == 1 {
+                        if let Some((p, o)) = live.pop() {
+                            pool.free(p, Order(o)).expect("free");
+                        }
+                    }
+                    i += 1;
+                }
+                for (p, o) in live {
+                    pool.free(p, Order(o)).expect("free");
+                }
+            });
+        }
+        for _ in 0..30 {
+            pool.validate().expect("valid while other threads run");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    pool.validate().expect("valid");
+}
+
+#[test]
 fn pool_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Pool>();

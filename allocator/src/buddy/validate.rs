@@ -11,7 +11,8 @@ use std::sync::atomic::Ordering;
 
 impl Pool {
     /// Rescans all zones and checks the invariants listed in [`super`]. Takes each zone's
-    /// per-CPU locks and zone lock in turn; other threads may keep running.
+    /// per-CPU locks and zone lock in turn, so it may run while other threads allocate and
+    /// free (blocks change hands only under those locks).
     pub fn validate(&self) -> Result<(), BuddyError> {
         for z in &self.zones {
             validate_zone(z).map_err(|m| {

@@ -510,6 +510,7 @@ impl Zone {
         let pfn = self.rmqueue_locked(&mut st, order, mt, flags);
         if let Some(p) = pfn {
             self.set_alloc_order(p, order);
+            self.alloc_heads.test_and_set(p - self.base);
         }
         self.publish(&st);
         pfn
@@ -561,28 +562,39 @@ impl Zone {
         }
         let entry = pcp.lists[l].pop_front()?;
         pcp.count -= 1 << order;
-        Some(pcp_entry_pfn(entry, order))
+        let pfn = pcp_entry_pfn(entry, order);
+        self.alloc_heads.test_and_set(pfn - self.base);
+        Some(pfn)
     }
 
     /// `free_one_page()`: frees straight to the buddy lists under the zone lock.
-    pub(crate) fn free_one_page(&self, pfn: u64, order: u32) {
+    /// Returns false (and changes nothing) if the block is no longer allocated, i.e. a
+    /// concurrent free of the same block won.
+    pub(crate) fn free_one_page(&self, pfn: u64, order: u32) -> bool {
         let mut st = lock(&self.state);
+        if !self.alloc_heads.test_and_clear(pfn - self.base) {
+            return false;
+        }
         let mt = self.pageblock_mt(pfn);
         self.free_one_page_locked(&mut st, pfn, order, mt);
         self.publish(&st);
+        true
     }
 
     /// `free_unref_page()`: onto this slot's per-CPU list, flushing when the slot reaches
     /// `high` (or everything, when high-order frees keep flushing: `free_high`); pages of
     /// isolated pageblocks go straight to the buddy lists.
     #[inline]
-    pub(crate) fn free_unref_page(&self, slot: usize, pfn: u64, order: u32) {
+    /// Returns false (and changes nothing) if a concurrent free of the block won.
+    pub(crate) fn free_unref_page(&self, slot: usize, pfn: u64, order: u32) -> bool {
         let mt = self.pageblock_mt(pfn);
         if mt == MigrateType::Isolate || self.pcp_disabled.load(Ordering::Acquire) {
-            self.free_one_page(pfn, order);
-            return;
+            return self.free_one_page(pfn, order);
         }
         let mut pcp = lock(&self.pcp[slot].0);
+        if !self.alloc_heads.test_and_clear(pfn - self.base) {
+            return false;
+        }
         let l = order_to_pindex(mt, order);
         pcp.lists[l].push_front(pcp_entry(pfn, order, mt));
         pcp.count += 1 << order;
@@ -594,6 +606,7 @@ impl Zone {
             let n = pcp.nr_pcp_free(high, batch, free_high);
             self.free_pcppages_bulk(&mut pcp, n, l);
         }
+        true
     }
 
     /// `free_pcppages_bulk()`: returns `count` pages, round robin over the lists starting
