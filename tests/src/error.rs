@@ -101,6 +101,16 @@ pub enum Error {
         /// The parse error.
         source: memtide_guest_agent::protocol::ParseError,
     },
+    /// A condition polled for did not come true in time.
+    #[error("{what}: not reached within {waited:?}; last seen: {last}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        waited: Duration,
+        /// The last state seen.
+        last: String,
+    },
     /// A command in the host failed (non-zero status).
     #[error("host command {cmd:?} exited with {status}; output:\n{output}")]
     HostCommand {

@@ -227,6 +227,16 @@ impl Guest {
                         });
                         true
                     }
+                    Ok(Record::Ready { .. }) => {
+                        // init restarts the agent when it dies (e.g. killed by the OOM killer).
+                        failure = Some(Error::AgentCommand {
+                            label: label.clone(),
+                            cmd: word.clone(),
+                            msg: "the agent died and was restarted before replying (OOM kill?)"
+                                .into(),
+                        });
+                        true
+                    }
                     Ok(r) => {
                         records.push(r);
                         false
@@ -255,6 +265,53 @@ impl Guest {
         match failure {
             Some(e) => Err(e),
             None => Ok(records),
+        }
+    }
+
+    /// MemTotal in KiB (a cheap `meminfo` command, for polling).
+    pub fn mem_total_kib(&mut self) -> Result<u64> {
+        let recs = self.command("meminfo", COMMAND_TIMEOUT)?;
+        recs.iter()
+            .find_map(|r| match r {
+                Record::MemInfo { total_kib, .. } => Some(*total_kib),
+                _ => None,
+            })
+            .ok_or_else(|| self.missing("meminfo", "meminfo"))
+    }
+
+    /// Polls the agent's report every `interval` until `pred` holds; returns that report, or
+    /// [`Error::Timeout`] with the last report seen after `timeout`.
+    pub fn wait_for_report(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        interval: Duration,
+        mut pred: impl FnMut(&Report) -> bool,
+    ) -> Result<Report> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.report()?;
+            if pred(&r) {
+                return Ok(r);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!("guest {}: {what}", self.label),
+                    waited: timeout,
+                    last: format!(
+                        "MemTotal {} kB, zones {:?}",
+                        r.mem_total_kib,
+                        r.zones
+                            .iter()
+                            .map(|z| format!(
+                                "{}:{} present={} managed={}",
+                                z.node, z.name, z.present, z.managed
+                            ))
+                            .collect::<Vec<_>>()
+                    ),
+                });
+            }
+            std::thread::sleep(interval);
         }
     }
 

@@ -527,6 +527,17 @@ mod tests {
             memtide_guest_agent::protocol::Record::Out("hi".into())
         );
         assert_eq!(g.poweroff(t).expect("poweroff"), 0);
+
+        // An agent that is restarted by init while a command runs (OOM kill) is an error.
+        let mut g = host
+            .spawn_guest(
+                "oom",
+                &sh("echo 'AGENT ready version=1'; read c; echo 'AGENT ready version=1'; sleep 5"),
+            )
+            .expect("spawn");
+        g.wait_agent(t).expect("agent");
+        let e = g.fill(100).expect_err("restarted");
+        assert!(e.to_string().contains("restarted"), "{e}");
     }
 
     #[test]

@@ -70,6 +70,30 @@ pub fn retry_boot_at_most<T>(
     }
 }
 
+/// Polls `check` every `interval` until it returns `Ok(true)` (an `Err` ends the wait at
+/// once); after `timeout` fails with [`Error::Timeout`] naming `what`.
+pub fn wait_until(
+    what: &str,
+    timeout: std::time::Duration,
+    interval: std::time::Duration,
+    mut check: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::Timeout {
+                what: what.to_string(),
+                waited: timeout,
+                last: "-".into(),
+            });
+        }
+        std::thread::sleep(interval);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +167,37 @@ mod tests {
             });
             assert_eq!(n, expected, "max {max}");
         }
+    }
+
+    #[test]
+    fn wait_until_polls_until_true_or_times_out() {
+        let mut n = 0;
+        wait_until(
+            "n reaches 3",
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            || {
+                n += 1;
+                Ok(n >= 3)
+            },
+        )
+        .expect("reached");
+        assert_eq!(n, 3);
+        let e = wait_until(
+            "never",
+            Duration::from_millis(20),
+            Duration::from_millis(5),
+            || Ok(false),
+        )
+        .expect_err("times out");
+        assert!(matches!(e, Error::Timeout { .. }) && e.to_string().contains("never"));
+        let e = wait_until(
+            "err",
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            || Err(silent()),
+        )
+        .expect_err("errors end the wait");
+        assert!(e.is_dead_guest());
     }
 }
