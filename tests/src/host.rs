@@ -141,13 +141,28 @@ impl Selection {
 pub struct HardwareHost {
     image: GuestImage,
     binaries: Vec<String>,
+    daemons: std::sync::Mutex<Vec<std::process::Child>>,
+}
+
+impl Drop for HardwareHost {
+    fn drop(&mut self) {
+        let daemons = self.daemons.get_mut().unwrap_or_else(|p| p.into_inner());
+        for mut c in daemons.drain(..) {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", c.id())])
+                .stderr(Stdio::null())
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// A host to run guests on: hardware KVM or the emulated host, behind one interface.
 #[derive(Debug)]
 pub enum KvmHost {
-    /// This machine.
-    Hardware(HardwareHost),
+    /// This machine (boxed: the variants differ much in size).
+    Hardware(Box<HardwareHost>),
     /// The emulated KVM host (boxed: it is large).
     Emulated(Box<EmulatedHost>),
 }
@@ -173,7 +188,11 @@ impl KvmHost {
                     .iter()
                     .map(|b| b.to_string_lossy().into_owned())
                     .collect();
-                KvmHost::Hardware(HardwareHost { image, binaries })
+                KvmHost::Hardware(Box::new(HardwareHost {
+                    image,
+                    binaries,
+                    daemons: Default::default(),
+                }))
             }
             HostKind::Emulated => KvmHost::Emulated(Box::new(EmulatedHost::start(cfg)?)),
         };
@@ -271,6 +290,58 @@ impl KvmHost {
             });
         }
         Ok(out)
+    }
+
+    /// Starts a background program on the host (e.g. `memtide serve`) in its own session,
+    /// output to `log` (a path on the host), stdin from /dev/null; returns its pid. It is
+    /// killed with the host (emulated: with the host's QEMU; hardware: when the host drops).
+    pub fn spawn_daemon(&self, argv: &[String], log: &str) -> Result<u32> {
+        let line = argv
+            .iter()
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ");
+        match self {
+            KvmHost::Emulated(h) => {
+                let out = h.check(
+                    &format!(
+                        "setsid {line} >{} 2>&1 </dev/null & echo $!",
+                        shell_quote(log)
+                    ),
+                    Duration::from_secs(30),
+                )?;
+                out.lines
+                    .last()
+                    .and_then(|l| l.trim().parse().ok())
+                    .ok_or_else(|| {
+                        Error::Config(format!("starting {line} printed no pid: {:?}", out.lines))
+                    })
+            }
+            KvmHost::Hardware(h) => {
+                let file = std::fs::File::create(log).map_err(Error::io("cannot create", log))?;
+                let err = file.try_clone().map_err(Error::io("cannot reopen", log))?;
+                let (prog, args) = argv
+                    .split_first()
+                    .ok_or_else(|| Error::Config("spawn_daemon needs a program".into()))?;
+                let child = Command::new(prog)
+                    .args(args)
+                    .stdin(Stdio::null())
+                    .stdout(file)
+                    .stderr(err)
+                    .process_group(0)
+                    .spawn()
+                    .map_err(|e| Error::Command {
+                        cmd: line.clone(),
+                        detail: e.to_string(),
+                    })?;
+                let pid = child.id();
+                h.daemons
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(child);
+                Ok(pid)
+            }
+        }
     }
 
     /// The address outside that reaches TCP `port` on the host.
@@ -471,10 +542,11 @@ mod tests {
             debian: None,
             agent: "/nonexistent/agent".into(),
         };
-        KvmHost::Hardware(HardwareHost {
+        KvmHost::Hardware(Box::new(HardwareHost {
             image,
             binaries: vec!["/bin/sh".into()],
-        })
+            daemons: Default::default(),
+        }))
     }
 
     fn sh(script: &str) -> Vec<String> {
@@ -538,6 +610,43 @@ mod tests {
         g.wait_agent(t).expect("agent");
         let e = g.fill(100).expect_err("restarted");
         assert!(e.to_string().contains("restarted"), "{e}");
+    }
+
+    #[test]
+    fn daemons_run_with_a_log_and_die_with_the_host() {
+        let host = fake_host();
+        let log = std::env::temp_dir().join(format!("memtide-daemon-{}.log", std::process::id()));
+        let log = log.to_string_lossy().into_owned();
+        let pid = host
+            .spawn_daemon(&sh("echo started; exec sleep 30"), &log)
+            .expect("spawn");
+        wait_until_log(&log, "started");
+        drop(host);
+        let alive = Command::new("kill")
+            .args(["-0", &pid.to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .expect("kill");
+        assert!(!alive.success(), "the daemon was killed with the host");
+        let _ = std::fs::remove_file(&log);
+        assert!(matches!(
+            fake_host().spawn_daemon(&[], &log),
+            Err(Error::Config(_))
+        ));
+    }
+
+    fn wait_until_log(log: &str, text: &str) {
+        crate::retry::wait_until(
+            "daemon log",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                Ok(std::fs::read_to_string(log)
+                    .unwrap_or_default()
+                    .contains(text))
+            },
+        )
+        .expect("log written");
     }
 
     #[test]

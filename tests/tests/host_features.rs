@@ -101,10 +101,18 @@ fn emulated_host_forwards_a_port_carries_binaries_and_runs_two_guests() {
 
     // A server inside the host is reachable through the forwarded loopback port.
     host.check(
-        "mkdir -p /tmp/www && echo hello-memtide > /tmp/www/index.html && httpd -p 8080 -h /tmp/www",
+        "mkdir -p /tmp/www && echo hello-memtide > /tmp/www/index.html",
         t60,
     )
     .unwrap_or_else(|e| panic!("{e}"));
+    let argv: Vec<String> = ["httpd", "-f", "-p", "8080", "-h", "/tmp/www"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let pid = host
+        .spawn_daemon(&argv, "/tmp/httpd.log")
+        .unwrap_or_else(|e| panic!("{e}"));
+    say(&format!("httpd runs in the host as pid {pid}"));
     let addr = host.forwarded(8080).expect("port 8080 is forwarded");
     let deadline = Instant::now() + Duration::from_secs(30);
     let body = loop {
