@@ -26,7 +26,8 @@
 //! let memtide = host.binary("memtide")?;
 //! let mut guest = host.boot_guest("a", Duration::from_secs(60), |_attempt| {
 //!     vec![memtide.clone(), "run".into(), "--kernel".into(), host.guest_kernel(),
-//!          "--initrd".into(), host.guest_initrd(), "--memory".into(), "512M".into()]
+//!          "--initrd".into(), host.guest_initrd(), "--memory".into(), "512M".into(),
+//!          "--cmdline".into(), memtide_testbed::image::DEFAULT_CMDLINE.into()]
 //! })?;
 //! t.mark_at("agent ready", guest.agent_at().unwrap_or_else(std::time::Instant::now));
 //! // 4. Talk to the guest agent.
@@ -35,9 +36,14 @@
 //! guest.fill(64)?;
 //! guest.verify()?;
 //! guest.free()?;
+//! // Poll until a condition holds (e.g. after a resize).
+//! guest.wait_for_report("MemTotal > 400 MiB", Duration::from_secs(30),
+//!     Duration::from_millis(200), |r| r.mem_total_kib > 400 << 10)?;
 //! // 5. Host commands, e.g. the memtide CLI against a service started in the host.
 //! let out = host.check("cat /sys/devices/system/node/online", Duration::from_secs(10))?;
 //! assert_eq!(out.lines, vec!["0-1"]);
+//! let _pid = host.spawn_daemon(&[memtide.clone(), "serve".into()], "/tmp/serve.log")?;
+//! let _api = host.forwarded(8080); // 127.0.0.1:<port> outside -> 10.0.2.15:8080 inside
 //! // 6. Power off; the VMM's exit status comes back. Drops reap everything by pid.
 //! assert_eq!(guest.poweroff(Duration::from_secs(30))?, 0);
 //! // QEMU as the reference VMM: QemuGuest::default().argv(&host)?
@@ -54,10 +60,28 @@
 //!   ([`emulated::GUEST_SLOTS`] at once), host commands on ttyS0 ([`shell`]).
 //! - [`guest`]: [`Guest`] (agent commands, VMM exit) and [`Report`].
 //! - [`console`]: [`Console`] (`send_line`, `wait_for_line`, `wait_for`, timestamps).
-//! - [`retry`]: [`retry_boot`], the dead-boot policy of KVM-HOST.md.
+//! - [`retry`]: [`retry_boot`], the dead-boot policy of KVM-HOST.md; [`wait_until`].
 //! - [`timing`]: [`Timeline`], [`say`] (prints past libtest's capture), [`process_age`].
 //! - The agent's line protocol is `memtide_guest_agent::protocol` (re-exported as
 //!   [`protocol`]).
+//!
+//! # Things worth knowing
+//! - Use [`image::DEFAULT_CMDLINE`] (or at least its `quiet loglevel=1` and
+//!   `initcall_blacklist=cmos_init`) for guests on the emulated host: every console byte is a
+//!   nested exit, a verbose boot takes a minute, and the CMOS RTC probe of a machine without
+//!   an RTC (microvm, memtide) costs 5-8 s.
+//! - A guest's VMM runs inside the host as `setsid sh -c 'ARGV <ttySn >ttySn 2>&1; echo
+//!   @@MEMTIDE-VMM-EXIT $?'`: the VMM's stdio *is* the guest console (its own stderr lines
+//!   appear there too; only `AGENT ` lines are parsed). At most 3 guests at once.
+//! - Host commands run in a subshell with stdin from /dev/null and must fit one tty line
+//!   (4000 bytes); background programs go through [`KvmHost::spawn_daemon`] (output to a log
+//!   file, never to the host console).
+//! - A server inside the emulated host that the test reaches through
+//!   [`HostConfig::forward_ports`] must listen on 0.0.0.0 (or 10.0.2.15), not 127.0.0.1.
+//! - One emulated host per test process at a time (a second `start` waits): tests of one
+//!   binary run in parallel threads and two TCG hosts on 2 cores only starve each other.
+//! - `cargo test` captures test output; [`say`] prints past the capture (host choice, retries,
+//!   timings always show).
 //!
 //! Environment: `MEMTIDE_CACHE` (cache dir), `MEMTIDE_KVM_HOST=emulated|hardware` (force a
 //! host kind), `MEMTIDE_CONSOLE_ECHO=1` (print every console line to stderr). Console logs of
