@@ -99,9 +99,18 @@ impl Selection {
     /// Decides which host to use (see the module docs). Does not print.
     pub fn detect() -> Result<Selection> {
         let forced = std::env::var("MEMTIDE_KVM_HOST").unwrap_or_default();
-        let hw = hardware_kvm_usable();
-        match (forced.as_str(), hw) {
-            ("hardware", Ok(why)) | ("", Ok(why)) => Ok(Selection {
+        Self::decide(&forced, hardware_kvm_usable(), emulated_host_usable)
+    }
+
+    /// The decision itself: `forced` is MEMTIDE_KVM_HOST (empty if unset), `hw` the hardware
+    /// check, `emulated` the emulated host's check (only run when needed).
+    pub fn decide(
+        forced: &str,
+        hw: std::result::Result<String, String>,
+        emulated: impl FnOnce() -> std::result::Result<String, String>,
+    ) -> Result<Selection> {
+        match (forced, hw) {
+            ("hardware" | "", Ok(why)) => Ok(Selection {
                 kind: HostKind::Hardware,
                 reason: why,
             }),
@@ -109,19 +118,21 @@ impl Selection {
                 "MEMTIDE_KVM_HOST=hardware, but {why}"
             ))),
             ("" | "emulated", hw) => {
-                let prefix = match (forced.as_str(), hw) {
+                let prefix = match (forced, hw) {
                     ("emulated", _) => "MEMTIDE_KVM_HOST=emulated".to_string(),
                     (_, Err(why)) => format!("hardware KVM unusable: {why}"),
                     (_, Ok(why)) => why,
                 };
-                match emulated_host_usable() {
+                match emulated() {
                     Ok(_) => Ok(Selection {
                         kind: HostKind::Emulated,
                         reason: format!(
                             "{prefix}; using the emulated KVM host (QEMU TCG -cpu max with nested SVM)"
                         ),
                     }),
-                    Err(why) => Err(Error::NoUsableHost(format!("{prefix}; emulated host unusable: {why}"))),
+                    Err(why) => Err(Error::NoUsableHost(format!(
+                        "{prefix}; emulated host unusable: {why}"
+                    ))),
                 }
             }
             (other, _) => Err(Error::Config(format!(
@@ -516,6 +527,46 @@ mod tests {
         let ok = hardware_kvm_usable_at(&dev, &m).expect("usable");
         assert!(ok.contains("kvm_amd"), "{ok}");
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_decision_follows_the_checks_and_the_override() {
+        let ok = || Ok::<String, String>("fine".into());
+        let no = || Err::<String, String>("qemu-system-x86_64 missing".into());
+        let pvm = || Err::<String, String>("PVM KVM".into());
+        let hw = Selection::decide("", ok(), no).expect("hardware");
+        assert_eq!(hw.kind, HostKind::Hardware);
+        let em = Selection::decide("", pvm(), ok).expect("emulated");
+        assert_eq!(em.kind, HostKind::Emulated);
+        assert!(
+            em.reason.contains("PVM KVM") && em.reason.contains("emulated"),
+            "{}",
+            em.reason
+        );
+        assert_eq!(
+            Selection::decide("emulated", ok(), ok)
+                .expect("forced")
+                .kind,
+            HostKind::Emulated
+        );
+        // No usable host is an error that says what is missing, never a silent pass.
+        match Selection::decide("", pvm(), no) {
+            Err(Error::NoUsableHost(why)) => {
+                assert!(
+                    why.contains("PVM KVM") && why.contains("qemu-system-x86_64 missing"),
+                    "{why}"
+                )
+            }
+            other => panic!("expected NoUsableHost, got {other:?}"),
+        }
+        assert!(matches!(
+            Selection::decide("hardware", pvm(), ok),
+            Err(Error::NoUsableHost(_))
+        ));
+        assert!(matches!(
+            Selection::decide("tcg", ok(), ok),
+            Err(Error::Config(_))
+        ));
     }
 
     #[test]
