@@ -39,8 +39,12 @@
 //! * `move_freepages_block` cannot see `PageLRU`; allocated pages of a MOVABLE pageblock
 //!   count as movable, those of other pageblocks as not.
 //! * No watermark boosting (no kswapd to undo it), no MIGRATE_HIGHATOMIC reserve, no CMA.
-//! * Per-CPU caches hold order 0 only; a thread keeps one cache slot (assigned round robin)
-//!   instead of following the CPU it runs on.
+//! * Per-CPU caches hold orders 0..=3 and 9 as in Linux 6.1 (`pcp_allowed_order`); a thread
+//!   keeps one cache slot (assigned round robin) instead of following the CPU it runs on.
+//!   A per-CPU hit of order > 0 checks only the order-0 part of the watermark (the
+//!   "a block of this order is free" part is checked when the list is refilled).
+//! * A per-CPU refill takes up to `batch` blocks after one watermark check, so a zone can
+//!   dip below `min + lowmem_reserve` by less than one batch, as in Linux.
 //! * Isolation works on ranges aligned to `MAX_ORDER_NR_PAGES` inside ZONE_MOVABLE; the
 //!   zone span never changes (offlining lowers present/managed only).
 //!
