@@ -1,5 +1,9 @@
 //! memtide's front ends: the `memtide` command line (one module per subcommand under
-//! [`cli`]) and, later, the REST API. Front ends only parse and validate what the user says
-//! and turn it into calls on the allocator (zone layout, pool) and the VMM; they own no state.
+//! [`cli`]) and the REST API ([`server`], its [`client`], the request bodies in [`model`]).
+//! Front ends only parse and validate what the user says and turn it into calls on the
+//! allocator (zone layout, pool) and the VMM's control plane; they own no state.
 
 pub mod cli;
+pub mod client;
+pub mod model;
+pub mod server;

@@ -2,8 +2,11 @@
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 bad input (clap's own usage errors are 2 too).
 
-pub mod run;
 pub mod image;
+pub mod pool;
+pub mod run;
+pub mod serve;
+pub mod vm;
 pub mod zones;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +30,12 @@ pub enum Command {
     Image(image::ImageArgs),
     /// Boot one VM in the foreground (serial console on stdout/stdin).
     Run(run::RunArgs),
+    /// Run the service: the host memory pool, VMs, the REST API on a Unix socket.
+    Serve(serve::ServeArgs),
+    /// Talk to a running service about its VMs.
+    Vm(vm::VmArgs),
+    /// Show a running service's host memory pool.
+    Pool(pool::PoolArgs),
 }
 
 /// Parses the process arguments, runs the subcommand and returns the process exit code.
@@ -36,5 +45,8 @@ pub fn run() -> ExitCode {
         Command::Zones(args) => zones::run(&args),
         Command::Image(args) => image::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Serve(args) => serve::run(&args),
+        Command::Vm(args) => vm::run(&args),
+        Command::Pool(args) => pool::run(&args),
     }
 }

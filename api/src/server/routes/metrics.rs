@@ -1,0 +1,147 @@
+//! `GET /metrics`: Prometheus text format (version 0.0.4): the pool per node and zone
+//! (pages by kind, watermarks, free blocks per order), the VMs (state, vCPUs, memory per
+//! node) and the API's responses by status code.
+
+use std::fmt::Write;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use memtide_vmm::control::{PoolInfo, VmInfo, VmState};
+
+use super::blocking;
+use crate::server::error::ApiError;
+use crate::server::AppState;
+
+/// Escapes a label value (backslash, quote, newline).
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn head(m: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(m, "# HELP {name} {help}");
+    let _ = writeln!(m, "# TYPE {name} {kind}");
+}
+
+/// The metrics text.
+pub fn render(pool: &PoolInfo, vms: &[VmInfo], responses: &[(u16, u64)]) -> String {
+    let mut m = String::new();
+    head(
+        &mut m,
+        "memtide_pool_page_size_bytes",
+        "gauge",
+        "Page size of the host pool.",
+    );
+    let _ = writeln!(m, "memtide_pool_page_size_bytes {}", pool.page_size);
+    head(
+        &mut m,
+        "memtide_pool_pages",
+        "gauge",
+        "Pages of a host pool zone: spanned, present, managed, free.",
+    );
+    for n in &pool.nodes {
+        for z in &n.zones {
+            for (kind, v) in [
+                ("spanned", z.spanned),
+                ("present", z.present),
+                ("managed", z.managed),
+                ("free", z.free),
+            ] {
+                let _ = writeln!(
+                    m,
+                    "memtide_pool_pages{{node=\"{}\",zone=\"{}\",kind=\"{kind}\"}} {v}",
+                    n.node, z.zone
+                );
+            }
+        }
+    }
+    head(
+        &mut m,
+        "memtide_pool_watermark_pages",
+        "gauge",
+        "Watermarks of a host pool zone.",
+    );
+    for n in &pool.nodes {
+        for z in &n.zones {
+            let w = z.watermarks;
+            for (level, v) in [("min", w.min), ("low", w.low), ("high", w.high)] {
+                let _ = writeln!(
+                    m,
+                    "memtide_pool_watermark_pages{{node=\"{}\",zone=\"{}\",level=\"{level}\"}} {v}",
+                    n.node, z.zone
+                );
+            }
+        }
+    }
+    head(
+        &mut m,
+        "memtide_pool_free_blocks",
+        "gauge",
+        "Free blocks per order of a host pool zone (buddyinfo).",
+    );
+    for n in &pool.nodes {
+        for z in n.zones.iter().filter(|z| z.present > 0) {
+            for (order, v) in z.buddyinfo.iter().enumerate() {
+                let _ = writeln!(
+                    m,
+                    "memtide_pool_free_blocks{{node=\"{}\",zone=\"{}\",order=\"{order}\"}} {v}",
+                    n.node, z.zone
+                );
+            }
+        }
+    }
+    head(&mut m, "memtide_vms", "gauge", "VMs by state.");
+    for st in [VmState::Running, VmState::Paused, VmState::Stopped] {
+        let c = vms.iter().filter(|v| v.state == st).count();
+        let _ = writeln!(m, "memtide_vms{{state=\"{}\"}} {c}", st.name());
+    }
+    head(&mut m, "memtide_vm_vcpus", "gauge", "vCPUs of a VM.");
+    for v in vms {
+        let _ = writeln!(m, "memtide_vm_vcpus{{vm=\"{}\"}} {}", label(&v.id), v.vcpus);
+    }
+    head(
+        &mut m,
+        "memtide_vm_memory_bytes",
+        "gauge",
+        "Memory of a VM's guest node: boot, plugged, requested, usable (virtio-mem).",
+    );
+    for v in vms {
+        for n in &v.nodes {
+            for (kind, b) in [
+                ("boot", n.boot_memory),
+                ("plugged", n.plugged),
+                ("requested", n.requested),
+                ("usable", n.usable),
+            ] {
+                let _ = writeln!(
+                    m,
+                    "memtide_vm_memory_bytes{{vm=\"{}\",node=\"{}\",kind=\"{kind}\"}} {b}",
+                    label(&v.id),
+                    n.guest_node
+                );
+            }
+        }
+    }
+    head(
+        &mut m,
+        "memtide_api_responses_total",
+        "counter",
+        "API responses by HTTP status code.",
+    );
+    for (code, c) in responses {
+        let _ = writeln!(m, "memtide_api_responses_total{{code=\"{code}\"}} {c}");
+    }
+    m
+}
+
+/// `GET /metrics`.
+pub async fn get(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let (pool, vms) = blocking(&state, |p| Ok((p.pool_info(), p.list_vms()))).await?;
+    let responses = state.stats.snapshot();
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render(&pool, &vms, &responses),
+    ))
+}
