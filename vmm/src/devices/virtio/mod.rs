@@ -31,6 +31,7 @@
 //!    `.device().plugged_size()`; after the pool got memory back: `.device_mut().kick()`.
 
 pub mod acpi;
+pub mod balloon;
 pub mod event_handler;
 pub mod mem;
 pub mod mmio;
