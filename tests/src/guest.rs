@@ -73,6 +73,25 @@ impl Report {
         self.zones.iter().map(|z| z.managed * 4).sum()
     }
 
+    /// Managed KiB of zone `name` summed over all nodes (e.g. how much of MemTotal is in
+    /// ZONE_MOVABLE).
+    pub fn zone_managed_kib(&self, name: &str) -> u64 {
+        self.zones
+            .iter()
+            .filter(|z| z.name == name)
+            .map(|z| z.managed * 4)
+            .sum()
+    }
+
+    /// Managed KiB of all zones of `node`.
+    pub fn node_managed_kib(&self, node: u32) -> u64 {
+        self.zones
+            .iter()
+            .filter(|z| z.node == node)
+            .map(|z| z.managed * 4)
+            .sum()
+    }
+
     /// Online memory blocks whose zone is `zone` (e.g. `Movable`).
     pub fn online_blocks_in(&self, zone: &str) -> usize {
         self.blocks
@@ -514,6 +533,9 @@ mod tests {
         assert_eq!(r.managed_kib(), 8);
         assert_eq!(r.zone(0, "Movable").map(|z| z.free), Some(1));
         assert_eq!(r.online_blocks_in("Movable"), 1);
+        assert_eq!(r.zone_managed_kib("Movable"), 8);
+        assert_eq!(r.zone_managed_kib("Normal"), 0);
+        assert_eq!((r.node_managed_kib(0), r.node_managed_kib(1)), (8, 0));
         assert_eq!(r.block_size, Some(128 << 20));
     }
 }
