@@ -269,24 +269,7 @@ impl KvmHost {
     pub fn run(&self, cmd: &str, timeout: Duration) -> Result<CmdOutput> {
         match self {
             KvmHost::Emulated(h) => h.run(cmd, timeout),
-            KvmHost::Hardware(_) => {
-                let out = Command::new("sh")
-                    .arg("-c")
-                    .arg(format!("( {cmd} ) 2>&1"))
-                    .stdin(Stdio::null())
-                    .output()
-                    .map_err(|e| Error::Command {
-                        cmd: cmd.to_string(),
-                        detail: e.to_string(),
-                    })?;
-                Ok(CmdOutput {
-                    status: out.status.code().unwrap_or(-1),
-                    lines: String::from_utf8_lossy(&out.stdout)
-                        .lines()
-                        .map(str::to_string)
-                        .collect(),
-                })
-            }
+            KvmHost::Hardware(_) => run_local(cmd, timeout),
         }
     }
 
@@ -418,6 +401,58 @@ impl KvmHost {
             Ok(g)
         })
     }
+}
+
+/// Runs `cmd` with `sh -c` (stdin /dev/null, stderr merged) in its own process group; kills
+/// the group after `timeout` ([`Error::Timeout`]).
+fn run_local(cmd: &str, timeout: Duration) -> Result<CmdOutput> {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("( {cmd} ) 2>&1"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::Command {
+            cmd: cmd.to_string(),
+            detail: e.to_string(),
+        })?;
+    let Some(out) = child.stdout.take() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(Error::Config("sh's stdout pipe is missing".into()));
+    };
+    let console = Console::start("host-sh", out, std::io::sink(), None);
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{}", child.id())])
+                    .stderr(Stdio::null())
+                    .status();
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::Timeout {
+                    what: format!("host command {cmd:?}"),
+                    waited: timeout,
+                    last: console.tail(),
+                });
+            }
+        }
+    };
+    // Output ends when every writer is gone; a background program that kept stdout open
+    // would hold it forever, so give the reader only a moment after the exit.
+    let closed_by = Instant::now() + Duration::from_secs(1);
+    while !console.is_closed() && Instant::now() < closed_by {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(CmdOutput {
+        status: status.code().unwrap_or(-1),
+        lines: console.lines_since(0).into_iter().map(|l| l.text).collect(),
+    })
 }
 
 /// The machine type of a reference QEMU guest.
@@ -661,6 +696,30 @@ mod tests {
         g.wait_agent(t).expect("agent");
         let e = g.fill(100).expect_err("restarted");
         assert!(e.to_string().contains("restarted"), "{e}");
+    }
+
+    #[test]
+    fn local_host_commands_return_output_and_time_out() {
+        let host = fake_host();
+        let t = Duration::from_secs(10);
+        let o = host.run("echo a; echo b >&2; exit 4", t).expect("runs");
+        assert_eq!(
+            o,
+            CmdOutput {
+                status: 4,
+                lines: vec!["a".into(), "b".into()]
+            }
+        );
+        assert!(matches!(
+            host.check("false", t),
+            Err(Error::HostCommand { status: 1, .. })
+        ));
+        let started = Instant::now();
+        let e = host
+            .run("echo slow; sleep 30", Duration::from_millis(300))
+            .expect_err("times out");
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]
