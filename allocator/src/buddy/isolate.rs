@@ -72,7 +72,7 @@ impl Pool {
     pub fn start_isolate_page_range(&self, start: Pfn, end: Pfn) -> Result<(), BuddyError> {
         let zi = self.movable_zone_for(start, end)?;
         let zone = &self.zones[zi];
-        let mut st = lock(&zone.state);
+        let mut st = zone.state.lock();
         Self::check_online(&st, start, end)?;
         let mut pfn = start.0;
         while pfn < end.0 {
@@ -98,7 +98,7 @@ impl Pool {
     pub fn undo_isolate_page_range(&self, start: Pfn, end: Pfn) -> Result<(), BuddyError> {
         let zi = self.movable_zone_for(start, end)?;
         let zone = &self.zones[zi];
-        let mut st = lock(&zone.state);
+        let mut st = zone.state.lock();
         let mut pfn = start.0;
         while pfn < end.0 {
             if zone.pageblock_mt(pfn) != MigrateType::Isolate {
@@ -128,7 +128,7 @@ impl Pool {
     ) -> Result<Vec<(Pfn, Order)>, BuddyError> {
         let zi = self.movable_zone_for(start, end)?;
         let zone = &self.zones[zi];
-        let st = lock(&zone.state);
+        let st = zone.state.lock();
         let mut out = Vec::new();
         let mut pfn = start.0;
         while pfn < end.0 {
@@ -150,7 +150,7 @@ impl Pool {
     pub fn test_pages_isolated(&self, start: Pfn, end: Pfn) -> Result<(), BuddyError> {
         let zi = self.movable_zone_for(start, end)?;
         let zone = &self.zones[zi];
-        let st = lock(&zone.state);
+        let st = zone.state.lock();
         test_pages_isolated_locked(zone, &st, start.0, end.0)
             .map_err(|p| BuddyError::StillBusy(Pfn(p)))
     }
@@ -172,7 +172,7 @@ impl Pool {
         let zi = self.movable_zone_for(start, end)?;
         let zone = &self.zones[zi];
         {
-            let st = lock(&zone.state);
+            let st = zone.state.lock();
             Self::check_online(&st, start, end)?;
         }
         // zone_pcp_disable()
@@ -225,7 +225,7 @@ impl Pool {
             return Err(e);
         }
         // __offline_isolated_pages()
-        let mut st = lock(&zone.state);
+        let mut st = zone.state.lock();
         let mut pfn = start.0;
         while pfn < end.0 {
             let Some((order, list)) = st.free.free_block_at(&zone.tags, pfn) else {
@@ -256,14 +256,14 @@ impl Pool {
         let _hotplug = lock(&self.hotplug);
         let zi = self.movable_zone_for(start, end)?;
         for z in &self.zones {
-            let st = lock(&z.state);
+            let st = z.state.lock();
             if present_in(&st.present_ranges, start.0, end.0) > 0 {
                 return Err(BuddyError::RangeOnline { start, end });
             }
         }
         let zone = &self.zones[zi];
         {
-            let mut st = lock(&zone.state);
+            let mut st = zone.state.lock();
             let n = end.0 - start.0;
             // move_pfn_range_to_zone(..., MIGRATE_ISOLATE)
             let mut pfn = start.0;

@@ -67,6 +67,7 @@ pub mod pageblock;
 pub mod pcp;
 pub mod pool;
 pub mod report;
+pub mod spinlock;
 pub mod validate;
 pub mod watermark;
 pub mod zone;

@@ -6,7 +6,7 @@ use super::watermark::{
     calculate_min_free_kbytes, setup_per_zone_lowmem_reserve, setup_per_zone_wmarks, Wmark,
     DEFAULT_LOWMEM_RESERVE_RATIO, DEFAULT_WATERMARK_SCALE_FACTOR, MAX_NR_ZONES,
 };
-use super::zone::{lock, AllocFlags, Zone};
+use super::zone::{AllocFlags, Zone};
 use super::zonelist::{gfp_zone, node_orders, LOCAL_DISTANCE, REMOTE_DISTANCE};
 use super::{BuddyError, PageAllocator};
 use crate::types::{
@@ -273,7 +273,9 @@ impl Pool {
                 if found.is_none() {
                     found = Some(i);
                 } else if self.zones[i].is_allocated_head(pfn)
-                    || lock(&self.zones[i].state)
+                    || self.zones[i]
+                        .state
+                        .lock()
                         .present_ranges
                         .iter()
                         .any(|&(a, b)| a <= pfn && pfn < b)
@@ -436,7 +438,7 @@ impl Pool {
         self.zones
             .iter()
             .map(|z| {
-                let st = lock(&z.state);
+                let st = z.state.lock();
                 let buddy: u64 = st
                     .free
                     .area
@@ -459,7 +461,7 @@ impl Pool {
     pub fn nr_free_blocks(&self) -> [u64; MAX_ORDER] {
         let mut out = [0; MAX_ORDER];
         for z in &self.zones {
-            let st = lock(&z.state);
+            let st = z.state.lock();
             for (o, a) in st.free.area.iter().enumerate() {
                 out[o] += a.nr_free;
             }

@@ -15,7 +15,7 @@
 use super::pageblock::list_index;
 use super::pool::Pool;
 use super::watermark::{Wmark, MAX_NR_ZONES};
-use super::zone::{lock, Zone};
+use super::zone::Zone;
 use crate::types::{MigrateType, MAX_ORDER, PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER};
 use std::fmt::Write;
 
@@ -50,7 +50,7 @@ impl Pool {
         let mut m = String::new();
         for z in self.zones.iter().filter(|z| populated(z)) {
             let _ = write!(m, "Node {}, zone {:>8} ", z.node.0, z.zone_type.name());
-            let st = lock(&z.state);
+            let st = z.state.lock();
             for a in &st.free.area {
                 let _ = write!(m, "{:6} ", a.nr_free);
             }
@@ -78,7 +78,7 @@ impl Pool {
             }
             m.push('\n');
             for z in &zones {
-                let st = lock(&z.state);
+                let st = z.state.lock();
                 for mt in PAGETYPE_NAMES {
                     let _ = write!(
                         m,
@@ -123,7 +123,7 @@ impl Pool {
 /// `pagetypeinfo_showblockcount_print()`: pageblocks by migratetype, stepping from
 /// `zone_start_pfn` by `pageblock_nr_pages` over online pages of the zone.
 fn pageblock_counts(z: &Zone) -> [u64; 5] {
-    let st = lock(&z.state);
+    let st = z.state.lock();
     let mut count = [0u64; 5];
     let mut pfn = z.zone_start_pfn;
     let end = z.zone_start_pfn + z.spanned_pages;
@@ -178,7 +178,7 @@ fn zoneinfo_zone(m: &mut String, node: u32, name: &str, z: Option<&Zone>) {
     let _ = write!(m, "\n  pagesets");
     let threshold = calculate_normal_threshold(z.managed_pages(), z.pcp.len() as u64);
     for (i, slot) in z.pcp.iter().enumerate() {
-        let p = lock(&slot.0);
+        let p = slot.0.lock();
         let _ = write!(
             m,
             "\n    cpu: {i}\n              count: {}\n              high:  {}\n              batch: {}\n  vm stats threshold: {threshold}",

@@ -3,7 +3,7 @@
 use super::pageblock::{list_index, NR_FREE_LISTS};
 use super::pcp::{pcp_entry_pfn, pindex_to_order};
 use super::pool::Pool;
-use super::zone::{lock, Zone};
+use super::zone::Zone;
 use super::BuddyError;
 use crate::types::{MigrateType, MAX_ORDER, PAGEBLOCK_NR_PAGES};
 use std::collections::HashMap;
@@ -24,8 +24,8 @@ impl Pool {
 }
 
 fn validate_zone(z: &Zone) -> Result<(), String> {
-    let pcps: Vec<_> = z.pcp.iter().map(|s| lock(&s.0)).collect();
-    let st = lock(&z.state);
+    let pcps: Vec<_> = z.pcp.iter().map(|s| s.0.lock()).collect();
+    let st = z.state.lock();
     let mut cached = HashMap::new();
     for (i, p) in pcps.iter().enumerate() {
         let n: u64 = p

@@ -18,6 +18,7 @@ use super::pcp::{
     order_to_pindex, pcp_entry, pcp_entry_mt, pcp_entry_pfn, pindex_to_order, PerCpuPages,
     PAGE_ALLOC_COSTLY_ORDER,
 };
+use super::spinlock::SpinLock;
 use super::watermark::{Wmark, MAX_NR_ZONES};
 use crate::types::{
     MigrateType, NodeId, ZoneDescriptor, ZoneType, MAX_ORDER, MAX_ORDER_NR_PAGES,
@@ -60,7 +61,7 @@ pub struct Zone {
     pub(crate) base: u64,
     /// Pages the metadata covers (a multiple of `MAX_ORDER_NR_PAGES`).
     pub(crate) nr_pages: u64,
-    pub(crate) state: Mutex<ZoneState>,
+    pub(crate) state: SpinLock<ZoneState>,
     pub(crate) alloc_heads: AtomicBitmap,
     pub(crate) tags: AtomicTags,
     pub(crate) pageblocks: Pageblocks,
@@ -74,7 +75,7 @@ pub struct Zone {
     pub(crate) nr_isolate_pageblock: AtomicU64,
     /// `zone_pcp_disable()` in force: frees and allocations bypass the per-CPU lists.
     pub(crate) pcp_disabled: AtomicBool,
-    pub(crate) pcp: Box<[CacheAligned<Mutex<PerCpuPages>>]>,
+    pub(crate) pcp: Box<[CacheAligned<SpinLock<PerCpuPages>>]>,
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it (the zone state is
@@ -117,7 +118,7 @@ impl Zone {
             spanned_pages: spanned,
             base,
             nr_pages,
-            state: Mutex::new(ZoneState {
+            state: SpinLock::new(ZoneState {
                 free: FreeIndex::new(base, nr_pages),
                 present_ranges: ranges.clone(),
             }),
@@ -132,11 +133,11 @@ impl Zone {
             nr_isolate_pageblock: AtomicU64::new(0),
             pcp_disabled: AtomicBool::new(false),
             pcp: (0..nr_slots.max(1))
-                .map(|_| CacheAligned(Mutex::new(PerCpuPages::default())))
+                .map(|_| CacheAligned(SpinLock::new(PerCpuPages::default())))
                 .collect(),
         };
         {
-            let mut st = lock(&zone.state);
+            let mut st = zone.state.lock();
             for &(s, e) in &ranges {
                 zone.free_range(&mut st, s, e, MigrateType::Movable);
             }
@@ -495,7 +496,7 @@ impl Zone {
         flags: AllocFlags,
         mark_plus_reserve: Option<u64>,
     ) -> Option<u64> {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         if let Some(limit) = mark_plus_reserve {
             if !super::watermark::zone_watermark_ok(
                 st.free.nr_free_pages,
@@ -527,7 +528,7 @@ impl Zone {
         flags: AllocFlags,
         mark_plus_reserve: u64,
     ) -> Option<u64> {
-        let mut pcp = lock(&self.pcp[slot].0);
+        let mut pcp = self.pcp[slot].0.lock();
         pcp.free_factor >>= 1;
         let l = order_to_pindex(mt, order);
         if pcp.lists[l].is_empty() {
@@ -535,7 +536,7 @@ impl Zone {
             if order > 0 {
                 batch = (batch >> order).max(2);
             }
-            let mut st = lock(&self.state);
+            let mut st = self.state.lock();
             if order > 0
                 && !super::watermark::zone_watermark_ok(
                     st.free.nr_free_pages,
@@ -571,7 +572,7 @@ impl Zone {
     /// Returns false (and changes nothing) if the block is no longer allocated, i.e. a
     /// concurrent free of the same block won.
     pub(crate) fn free_one_page(&self, pfn: u64, order: u32) -> bool {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         if !self.alloc_heads.test_and_clear(pfn - self.base) {
             return false;
         }
@@ -591,7 +592,7 @@ impl Zone {
         if mt == MigrateType::Isolate || self.pcp_disabled.load(Ordering::Acquire) {
             return self.free_one_page(pfn, order);
         }
-        let mut pcp = lock(&self.pcp[slot].0);
+        let mut pcp = self.pcp[slot].0.lock();
         if !self.alloc_heads.test_and_clear(pfn - self.base) {
             return false;
         }
@@ -619,7 +620,7 @@ impl Zone {
         let isolated = self.nr_isolate_pageblock.load(Ordering::Acquire) > 0;
         let nlists = pcp.lists.len();
         let mut p = (pindex + nlists - 1) % nlists;
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         while count > 0 {
             loop {
                 p = (p + 1) % nlists;
@@ -649,7 +650,7 @@ impl Zone {
     /// `drain_pages_zone()` for every slot.
     pub(crate) fn drain_pages(&self) {
         for slot in self.pcp.iter() {
-            let mut pcp = lock(&slot.0);
+            let mut pcp = slot.0.lock();
             let n = pcp.count;
             self.free_pcppages_bulk(&mut pcp, n, 0);
         }
@@ -658,7 +659,7 @@ impl Zone {
     /// `zone_pcp_update()`: sets high and batch of every slot.
     pub(crate) fn set_pcp_high_batch(&self, high: u64, batch: u64) {
         for slot in self.pcp.iter() {
-            let mut pcp = lock(&slot.0);
+            let mut pcp = slot.0.lock();
             pcp.high = high;
             pcp.batch = batch;
         }
@@ -666,12 +667,12 @@ impl Zone {
 
     /// Pages on the per-CPU lists of all slots.
     pub(crate) fn pcp_count(&self) -> u64 {
-        self.pcp.iter().map(|s| lock(&s.0).count).sum()
+        self.pcp.iter().map(|s| s.0.lock().count).sum()
     }
 
     /// Bytes of metadata the zone allocated.
     pub(crate) fn metadata_bytes(&self) -> usize {
-        lock(&self.state).free.bytes()
+        self.state.lock().free.bytes()
             + self.alloc_heads.bytes()
             + self.tags.bytes()
             + self.pageblocks.bytes()
@@ -710,7 +711,7 @@ mod tests {
     #[test]
     fn expand_keeps_lower_half_and_frees_upper_halves() {
         let z = zone_1024();
-        let mut st = lock(&z.state);
+        let mut st = z.state.lock();
         assert_eq!(st.free.area[10].nr_free, 1);
         let p = z.rmqueue_locked(&mut st, 0, MigrateType::Movable, FLAGS);
         assert_eq!(p, Some(0));
@@ -729,7 +730,7 @@ mod tests {
     #[test]
     fn movable_fallback_that_cannot_steal_takes_smallest_block() {
         let z = zone_1024();
-        let mut st = lock(&z.state);
+        let mut st = z.state.lock();
         // Leave only an order-2 block at 0 and an order-3 block at 64, both UNMOVABLE, in
         // UNMOVABLE pageblocks.
         st.free.del_page_from_free_list(0, 10, MigrateType::Movable);
@@ -761,7 +762,7 @@ mod tests {
     #[test]
     fn unmovable_fallback_claims_pageblock_when_half_is_free() {
         let z = zone_1024();
-        let mut st = lock(&z.state);
+        let mut st = z.state.lock();
         let p = z.rmqueue_locked(&mut st, 0, MigrateType::Unmovable, FLAGS);
         // The order-10 block is stolen whole: both pageblocks change type.
         assert_eq!(p, Some(0));
@@ -778,7 +779,7 @@ mod tests {
     #[test]
     fn nofragment_refuses_to_steal_below_pageblock_order() {
         let z = zone_1024();
-        let mut st = lock(&z.state);
+        let mut st = z.state.lock();
         st.free.del_page_from_free_list(0, 10, MigrateType::Movable);
         st.free
             .add_to_free_list(&z.tags, 0, 3, MigrateType::Movable);
@@ -799,7 +800,7 @@ mod tests {
     #[test]
     fn merge_stops_at_isolated_pageblock() {
         let z = zone_1024();
-        let mut st = lock(&z.state);
+        let mut st = z.state.lock();
         st.free.del_page_from_free_list(0, 10, MigrateType::Movable);
         z.pageblocks.set(1, MigrateType::Isolate);
         st.free
