@@ -86,7 +86,9 @@ pub trait BalloonBackend: Send {
     fn discard(&mut self, range: GuestRange, kind: DiscardKind) -> Result<(), BalloonBackendError>;
 
     /// The guest takes inflated `range` back (deflate, or a device reset forgetting the
-    /// balloon): it must be backed again before this returns.
+    /// balloon): it must be backed again before this returns. A hostile guest may have
+    /// unplugged (virtio-mem) memory under ballooned pages meanwhile: such a range is no
+    /// longer guest RAM to back, and the backend should leave it alone and return `Ok`.
     fn reclaim(&mut self, range: GuestRange) -> Result<(), BalloonBackendError>;
 }
 

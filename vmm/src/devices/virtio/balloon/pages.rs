@@ -143,6 +143,32 @@ impl PageSet {
             .count() as u64
     }
 
+    /// How many pages of `run` the set holds (e.g. for a pool-aware backend keeping its own
+    /// set: a pool block is wholly unused when this equals its page count).
+    pub fn count_in(&self, run: PfnRun) -> u64 {
+        let end = run.first.saturating_add(run.count);
+        let mut n = 0;
+        let mut pfn = run.first;
+        while pfn < end {
+            let (chunk, _, _) = Self::locate(pfn);
+            let chunk_end = ((chunk + 1) * CHUNK_PAGES).min(end);
+            if let Some(c) = self.chunks.get(&chunk) {
+                if pfn == chunk * CHUNK_PAGES && chunk_end == (chunk + 1) * CHUNK_PAGES {
+                    n += c.iter().map(|w| u64::from(w.count_ones())).sum::<u64>();
+                } else {
+                    n += (pfn..chunk_end)
+                        .filter(|&p| {
+                            let (_, word, bit) = Self::locate(p);
+                            c[word] & (1 << bit) != 0
+                        })
+                        .count() as u64;
+                }
+            }
+            pfn = chunk_end;
+        }
+        n
+    }
+
     /// The set as maximal runs, ascending.
     pub fn runs(&self) -> Vec<PfnRun> {
         let mut pfns = Vec::with_capacity(self.count as usize);
@@ -258,6 +284,10 @@ mod tests {
                 }
             }
             prop_assert_eq!(s.count(), model.len() as u64);
+            for (first, count) in [(0, 20_000), (0, 4096), (4096, 4096), (100, 5000), (8191, 2)] {
+                let expect = model.range(first..first + count).count() as u64;
+                prop_assert_eq!(s.count_in(PfnRun { first, count }), expect);
+            }
             let members: Vec<u64> = model.iter().copied().collect();
             prop_assert_eq!(s.runs(), coalesce(&members));
             let runs = s.runs();

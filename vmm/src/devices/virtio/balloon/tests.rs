@@ -1128,3 +1128,56 @@ proptest! {
         }
     }
 }
+
+/// Linux's `update_balloon_size_func` as a test driver: reads `num_pages`, inflates or
+/// deflates in buffers of at most 256 pfns from its own page list, writes `actual`.
+fn linux_driver_round(h: &mut Harness<'_>, owned: &mut Vec<u32>, free: &mut Vec<u32>) {
+    let target = h.read_config_u32(0);
+    let have = owned.len() as u32;
+    if target > have {
+        let take: Vec<u32> = free.drain(..(target - have) as usize).collect();
+        for chunk in take.chunks(256) {
+            h.inflate(chunk);
+        }
+        owned.extend(take);
+    } else {
+        let give: Vec<u32> = owned.drain(..(have - target) as usize).collect();
+        for chunk in give.chunks(256) {
+            h.deflate(chunk);
+        }
+        free.extend(give);
+    }
+    write32(&mut h.t, VIRTIO_MMIO_CONFIG + 4, owned.len() as u32);
+}
+
+#[test]
+fn a_driver_follows_the_target_up_and_down() {
+    let mem = balloon_memory();
+    let mut h = Harness::start(&mem, config(true, true));
+    // The guest's free pages: scattered over both adjacent regions and the last one.
+    let mut free: Vec<u32> = (pfn(2 * MIB)..pfn(24 * MIB))
+        .step_by(3)
+        .chain(pfn(64 * MIB)..pfn(68 * MIB))
+        .collect();
+    let mut owned = Vec::new();
+    for target in [300u32, 1000, 100, 2000, 0] {
+        let interrupts = h.line.get();
+        h.t.device_mut().set_target_pages(target);
+        assert_eq!(
+            h.line.get(),
+            interrupts + 1,
+            "configuration change announced"
+        );
+        linux_driver_round(&mut h, &mut owned, &mut free);
+        assert_eq!(h.dev().actual_pages(), target);
+        assert_eq!(h.dev().ballooned_pages(), u64::from(target));
+        h.check_consistent();
+    }
+    let c = h.dev().counters();
+    assert_eq!(c.inflated_pages, 300 + 700 + 1900);
+    assert_eq!(c.deflated_pages, 900 + 2000);
+    assert_eq!(
+        (c.invalid_pfns, c.redundant_pfns, c.dropped_chains),
+        (0, 0, 0)
+    );
+}
