@@ -1,9 +1,6 @@
-//! Bitmaps behind the free-block index.
+//! Lock-free per-page bitmaps of a zone (the free-block heads and summaries, which only
+//! the zone lock touches, are plain words in `free_area.rs`).
 //!
-//! * `Bitmap`: a flat bitmap, only touched under the zone lock (free-block heads per order).
-//! * `LevelBitmap`: a bitmap with summary levels (bit `j` of level `k + 1` is set iff word
-//!   `j` of level `k` is non-zero), so the first set bit is found in `O(levels)` word reads.
-//!   Used per (order, free list) at pageblock granularity.
 //! * `AtomicBitmap`: one bit per page, readable and updatable without the zone lock (the
 //!   "allocated head" bits, cleared and set by the per-CPU fast path).
 //! * `AtomicTags`: two bits per page (free-list tags of free heads, order codes of allocated
@@ -18,136 +15,6 @@ const WORD_BITS: u64 = 64;
 
 fn words_for(bits: u64) -> usize {
     bits.div_ceil(WORD_BITS) as usize
-}
-
-/// A flat bitmap of `len` bits.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Bitmap {
-    words: Vec<u64>,
-}
-
-impl Bitmap {
-    /// A bitmap of `len` clear bits.
-    pub(crate) fn new(len: u64) -> Bitmap {
-        Bitmap {
-            words: vec![0; words_for(len)],
-        }
-    }
-
-    /// Whether bit `i` is set.
-    #[inline]
-    pub(crate) fn test(&self, i: u64) -> bool {
-        self.words[(i / WORD_BITS) as usize] & (1 << (i % WORD_BITS)) != 0
-    }
-
-    /// Sets bit `i`.
-    #[inline]
-    pub(crate) fn set(&mut self, i: u64) {
-        self.words[(i / WORD_BITS) as usize] |= 1 << (i % WORD_BITS);
-    }
-
-    /// Clears bit `i`.
-    #[inline]
-    pub(crate) fn clear(&mut self, i: u64) {
-        self.words[(i / WORD_BITS) as usize] &= !(1 << (i % WORD_BITS));
-    }
-
-    /// The first set bit in `[start, end)`.
-    #[inline]
-    pub(crate) fn find_next(&self, start: u64, end: u64) -> Option<u64> {
-        let mut i = start;
-        while i < end {
-            let w = (i / WORD_BITS) as usize;
-            let masked = self.words[w] & (!0u64 << (i % WORD_BITS));
-            if masked != 0 {
-                let bit = w as u64 * WORD_BITS + u64::from(masked.trailing_zeros());
-                return (bit < end).then_some(bit);
-            }
-            i = (w as u64 + 1) * WORD_BITS;
-        }
-        None
-    }
-
-    /// Bytes of memory the bitmap occupies.
-    pub(crate) fn bytes(&self) -> usize {
-        self.words.len() * 8
-    }
-}
-
-/// A bitmap with summary levels for fast find-first.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct LevelBitmap {
-    /// `levels[0]` holds the bits; the last level is a single word.
-    levels: Vec<Vec<u64>>,
-}
-
-impl LevelBitmap {
-    /// A bitmap of `len` clear bits.
-    pub(crate) fn new(len: u64) -> LevelBitmap {
-        let mut levels = Vec::new();
-        let mut bits = len.max(1);
-        loop {
-            let words = words_for(bits);
-            levels.push(vec![0; words]);
-            if words == 1 {
-                break;
-            }
-            bits = words as u64;
-        }
-        LevelBitmap { levels }
-    }
-
-    /// Whether bit `i` is set.
-    #[inline]
-    pub(crate) fn test(&self, i: u64) -> bool {
-        self.levels[0][(i / WORD_BITS) as usize] & (1 << (i % WORD_BITS)) != 0
-    }
-
-    /// Sets bit `i` and the summary bits above it.
-    #[inline]
-    pub(crate) fn set(&mut self, mut i: u64) {
-        for level in &mut self.levels {
-            let w = (i / WORD_BITS) as usize;
-            let was = level[w];
-            level[w] = was | (1 << (i % WORD_BITS));
-            if was != 0 {
-                break;
-            }
-            i = w as u64;
-        }
-    }
-
-    /// Clears bit `i` and the summary bits that become stale.
-    #[inline]
-    pub(crate) fn clear(&mut self, mut i: u64) {
-        for level in &mut self.levels {
-            let w = (i / WORD_BITS) as usize;
-            level[w] &= !(1 << (i % WORD_BITS));
-            if level[w] != 0 {
-                break;
-            }
-            i = w as u64;
-        }
-    }
-
-    /// The lowest set bit.
-    #[inline]
-    pub(crate) fn find_first(&self) -> Option<u64> {
-        let mut idx = 0u64;
-        for level in self.levels.iter().rev() {
-            let w = level[idx as usize];
-            if w == 0 {
-                return None;
-            }
-            idx = idx * WORD_BITS + u64::from(w.trailing_zeros());
-        }
-        Some(idx)
-    }
-
-    /// Bytes of memory the bitmap occupies, summaries included.
-    pub(crate) fn bytes(&self) -> usize {
-        self.levels.iter().map(|l| l.len() * 8).sum()
-    }
 }
 
 /// A bitmap whose bits can be set and cleared without a lock.
@@ -252,38 +119,6 @@ fn zeroed_atomics(n: usize) -> Vec<AtomicU64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bitmap_find_next_respects_bounds() {
-        let mut b = Bitmap::new(300);
-        b.set(5);
-        b.set(130);
-        b.set(299);
-        assert_eq!(b.find_next(0, 300), Some(5));
-        assert_eq!(b.find_next(6, 300), Some(130));
-        assert_eq!(b.find_next(6, 130), None);
-        assert_eq!(b.find_next(131, 300), Some(299));
-        b.clear(299);
-        assert_eq!(b.find_next(131, 300), None);
-        assert!(b.test(130) && !b.test(131));
-    }
-
-    #[test]
-    fn level_bitmap_finds_lowest_across_levels() {
-        let mut b = LevelBitmap::new(1 << 20);
-        assert_eq!(b.find_first(), None);
-        b.set(700_000);
-        b.set(5_000);
-        assert_eq!(b.find_first(), Some(5_000));
-        b.clear(5_000);
-        assert_eq!(b.find_first(), Some(700_000));
-        assert!(b.test(700_000));
-        b.clear(700_000);
-        assert_eq!(b.find_first(), None);
-        let mut small = LevelBitmap::new(3);
-        small.set(2);
-        assert_eq!(small.find_first(), Some(2));
-    }
 
     #[test]
     fn atomic_bits_and_tags() {

@@ -29,7 +29,7 @@
 //! * `nr_free_pages` (`NR_FREE_PAGES`) equals the pages of all free blocks not on the ISOLATE
 //!   list.
 
-use super::bitmap::{AtomicTags, Bitmap, LevelBitmap};
+use super::bitmap::AtomicTags;
 use super::pageblock::{list_index, list_migratetype, NR_FREE_LISTS};
 use crate::types::{MigrateType, MAX_ORDER, PAGEBLOCK_ORDER};
 
@@ -44,16 +44,37 @@ pub struct FreeArea {
 }
 
 /// The free-block index of a zone (see the module docs).
+///
+/// Storage is flat (one allocation for the heads of all orders, one for all summaries
+/// with their levels) so that a lookup is one offset computation, not a walk through
+/// nested vectors.
 #[derive(Debug)]
 pub(crate) struct FreeIndex {
     base: u64,
     nr_pages: u64,
-    heads: Vec<Bitmap>,
-    summary: Vec<[LevelBitmap; NR_FREE_LISTS]>,
+    /// `heads[o]` of every order, each starting on a word boundary.
+    heads: Vec<u64>,
+    /// Word offset of `heads[o]` in `heads`.
+    head_off: [usize; MAX_ORDER],
+    /// Words of `heads[o]`.
+    head_words: [usize; MAX_ORDER],
+    /// The summary bitmaps of every (order, list), level by level.
+    sum: Vec<u64>,
+    /// Per summary level: (word offset of that level of bitmap 0, words per bitmap). Level 0
+    /// holds one bit per pageblock; the last level is one word per bitmap.
+    sum_levels: Vec<(usize, usize)>,
     /// `zone->free_area[]`.
     pub(crate) area: [FreeArea; MAX_ORDER],
     /// `NR_FREE_PAGES`: free pages outside isolated pageblocks.
     pub(crate) nr_free_pages: u64,
+}
+
+/// Summary bitmaps: one per (order, free list).
+const NR_SUMMARIES: usize = MAX_ORDER * NR_FREE_LISTS;
+
+#[inline]
+fn summary_id(order: u32, l: usize) -> usize {
+    order as usize * NR_FREE_LISTS + l
 }
 
 impl FreeIndex {
@@ -61,13 +82,34 @@ impl FreeIndex {
     /// `MAX_ORDER_NR_PAGES`).
     pub(crate) fn new(base: u64, nr_pages: u64) -> FreeIndex {
         let nr_pageblocks = nr_pages >> PAGEBLOCK_ORDER;
+        let mut head_off = [0; MAX_ORDER];
+        let mut head_words = [0; MAX_ORDER];
+        let mut total = 0;
+        for o in 0..MAX_ORDER {
+            head_off[o] = total;
+            head_words[o] = words_for(nr_pages >> o);
+            total += head_words[o];
+        }
+        let mut sum_levels = Vec::new();
+        let mut sum_total = 0;
+        let mut bits = nr_pageblocks.max(1);
+        loop {
+            let words = words_for(bits);
+            sum_levels.push((sum_total, words));
+            sum_total += words * NR_SUMMARIES;
+            if words == 1 {
+                break;
+            }
+            bits = words as u64;
+        }
         FreeIndex {
             base,
             nr_pages,
-            heads: (0..MAX_ORDER).map(|o| Bitmap::new(nr_pages >> o)).collect(),
-            summary: (0..MAX_ORDER)
-                .map(|_| std::array::from_fn(|_| LevelBitmap::new(nr_pageblocks)))
-                .collect(),
+            heads: vec![0; total],
+            head_off,
+            head_words,
+            sum: vec![0; sum_total],
+            sum_levels,
             area: [FreeArea::default(); MAX_ORDER],
             nr_free_pages: 0,
         }
@@ -77,6 +119,92 @@ impl FreeIndex {
     #[inline]
     pub(crate) fn covers(&self, pfn: u64) -> bool {
         pfn >= self.base && pfn - self.base < self.nr_pages
+    }
+
+    /// Word index in `heads` and bit mask of block `bit` of `heads[order]`.
+    #[inline]
+    fn head_pos(&self, order: u32, bit: u64) -> (usize, u64) {
+        (
+            self.head_off[order as usize] + (bit / WORD_BITS) as usize,
+            1 << (bit % WORD_BITS),
+        )
+    }
+
+    #[inline]
+    fn head_test(&self, order: u32, bit: u64) -> bool {
+        let (w, m) = self.head_pos(order, bit);
+        self.heads[w] & m != 0
+    }
+
+    /// Whether any bit of `heads[order]` in `[start, end)` is set.
+    #[inline]
+    fn heads_any(&self, order: u32, start: u64, end: u64) -> bool {
+        self.heads_find_next(order, start, end).is_some()
+    }
+
+    /// The first set bit of `heads[order]` in `[start, end)`.
+    #[inline]
+    fn heads_find_next(&self, order: u32, start: u64, end: u64) -> Option<u64> {
+        let words = &self.heads[self.head_off[order as usize]..][..self.head_words[order as usize]];
+        let mut i = start;
+        while i < end {
+            let w = (i / WORD_BITS) as usize;
+            let masked = words[w] & (!0u64 << (i % WORD_BITS));
+            if masked != 0 {
+                let bit = w as u64 * WORD_BITS + u64::from(masked.trailing_zeros());
+                return (bit < end).then_some(bit);
+            }
+            i = (w as u64 + 1) * WORD_BITS;
+        }
+        None
+    }
+
+    /// Sets pageblock `pb` in summary `id` and the levels above it.
+    #[inline]
+    fn sum_set(&mut self, id: usize, mut i: u64) {
+        for &(off, words) in &self.sum_levels {
+            let w = off + id * words + (i / WORD_BITS) as usize;
+            let was = self.sum[w];
+            self.sum[w] = was | (1 << (i % WORD_BITS));
+            if was != 0 {
+                break;
+            }
+            i /= WORD_BITS;
+        }
+    }
+
+    /// Clears pageblock `pb` in summary `id` and the levels that become stale.
+    #[inline]
+    fn sum_clear(&mut self, id: usize, mut i: u64) {
+        for &(off, words) in &self.sum_levels {
+            let w = off + id * words + (i / WORD_BITS) as usize;
+            let now = self.sum[w] & !(1 << (i % WORD_BITS));
+            self.sum[w] = now;
+            if now != 0 {
+                break;
+            }
+            i /= WORD_BITS;
+        }
+    }
+
+    /// The lowest pageblock flagged in summary `id`.
+    #[inline]
+    fn sum_first(&self, id: usize) -> Option<u64> {
+        let mut idx = 0u64;
+        for &(off, words) in self.sum_levels.iter().rev() {
+            let w = self.sum[off + id * words + idx as usize];
+            if w == 0 {
+                return None;
+            }
+            idx = idx * WORD_BITS + u64::from(w.trailing_zeros());
+        }
+        Some(idx)
+    }
+
+    #[inline]
+    fn sum_test(&self, id: usize, i: u64) -> bool {
+        let (off, words) = self.sum_levels[0];
+        self.sum[off + id * words + (i / WORD_BITS) as usize] & (1 << (i % WORD_BITS)) != 0
     }
 
     /// `add_to_free_list()`: puts the block at `pfn` of `order` on list `mt`.
@@ -90,9 +218,10 @@ impl FreeIndex {
     ) {
         let idx = pfn - self.base;
         let l = list_index(mt);
-        self.heads[order as usize].set(idx >> order);
+        let (w, m) = self.head_pos(order, idx >> order);
+        self.heads[w] |= m;
         tags.set(idx, l as u8);
-        self.summary[order as usize][l].set(idx >> PAGEBLOCK_ORDER);
+        self.sum_set(summary_id(order, l), idx >> PAGEBLOCK_ORDER);
         let area = &mut self.area[order as usize];
         area.nr_free += 1;
         area.nr_free_mt[l] += 1;
@@ -106,14 +235,31 @@ impl FreeIndex {
     pub(crate) fn del_page_from_free_list(&mut self, pfn: u64, order: u32, mt: MigrateType) {
         let idx = pfn - self.base;
         let l = list_index(mt);
-        self.heads[order as usize].clear(idx >> order);
+        let bit = idx >> order;
+        let (w, m) = self.head_pos(order, bit);
+        let now = self.heads[w] & !m;
+        self.heads[w] = now;
         // Keep the summary tight: once the pageblock holds no free head of this order at
         // all, its bit for this list is cleared (it can only stay stale while blocks of the
-        // same order on other lists remain in the pageblock).
+        // same order on other lists remain in the pageblock). From order 3 up, the heads of
+        // one pageblock lie in one word: the word just written answers it.
         let pb = idx >> PAGEBLOCK_ORDER;
         let (start, end) = pageblock_bits(pb, order);
-        if self.heads[order as usize].find_next(start, end).is_none() {
-            self.summary[order as usize][l].clear(pb);
+        let span = end - start;
+        let empty = if span == 0 {
+            true
+        } else if start / WORD_BITS == (end - 1) / WORD_BITS {
+            let mask = if span == WORD_BITS {
+                !0
+            } else {
+                ((1u64 << span) - 1) << (start % WORD_BITS)
+            };
+            now & mask == 0
+        } else {
+            !self.heads_any(order, start, end)
+        };
+        if empty {
+            self.sum_clear(summary_id(order, l), pb);
         }
         let area = &mut self.area[order as usize];
         area.nr_free -= 1;
@@ -150,7 +296,7 @@ impl FreeIndex {
             return None;
         }
         let idx = pfn - self.base;
-        if idx & ((1 << order) - 1) != 0 || !self.heads[order as usize].test(idx >> order) {
+        if idx & ((1 << order) - 1) != 0 || !self.head_test(order, idx >> order) {
             return None;
         }
         Some(list_migratetype(usize::from(tags.get(idx))))
@@ -188,11 +334,11 @@ impl FreeIndex {
             return None;
         }
         let l = list_index(mt);
-        let o = order as usize;
-        while let Some(pb) = self.summary[o][l].find_first() {
+        let id = summary_id(order, l);
+        while let Some(pb) = self.sum_first(id) {
             let (start, end) = pageblock_bits(pb, order);
             let mut i = start;
-            while let Some(bit) = self.heads[o].find_next(i, end) {
+            while let Some(bit) = self.heads_find_next(order, i, end) {
                 let idx = bit << order;
                 if usize::from(tags.get(idx)) == l {
                     return Some(self.base + idx);
@@ -200,7 +346,7 @@ impl FreeIndex {
                 i = bit + 1;
             }
             // Stale summary bit: no block of this order and list left in the pageblock.
-            self.summary[o][l].clear(pb);
+            self.sum_clear(id, pb);
         }
         None
     }
@@ -218,7 +364,7 @@ impl FreeIndex {
         let hi = (end.min(self.base + self.nr_pages).saturating_sub(self.base) + (1 << order) - 1)
             >> order;
         let mut i = lo;
-        while let Some(bit) = self.heads[order as usize].find_next(i, hi) {
+        while let Some(bit) = self.heads_find_next(order, i, hi) {
             let idx = bit << order;
             out.push((
                 self.base + idx,
@@ -232,18 +378,22 @@ impl FreeIndex {
     /// Whether the summary for (`order`, `mt`) flags the pageblock of `pfn` (used by
     /// `validate()` to check the superset property).
     pub(crate) fn summary_flags(&self, pfn: u64, order: u32, mt: MigrateType) -> bool {
-        self.summary[order as usize][list_index(mt)].test((pfn - self.base) >> PAGEBLOCK_ORDER)
+        self.sum_test(
+            summary_id(order, list_index(mt)),
+            (pfn - self.base) >> PAGEBLOCK_ORDER,
+        )
     }
 
     /// Bytes of memory the index occupies (heads and summaries).
     pub(crate) fn bytes(&self) -> usize {
-        self.heads.iter().map(Bitmap::bytes).sum::<usize>()
-            + self
-                .summary
-                .iter()
-                .flat_map(|s| s.iter().map(LevelBitmap::bytes))
-                .sum::<usize>()
+        (self.heads.len() + self.sum.len()) * 8
     }
+}
+
+const WORD_BITS: u64 = 64;
+
+fn words_for(bits: u64) -> usize {
+    bits.div_ceil(WORD_BITS) as usize
 }
 
 /// The bit range of `heads[order]` whose blocks start in pageblock `pb` (for order 10 only
@@ -298,6 +448,45 @@ mod tests {
             fi.heads_in(&tags, 3, 1024, 1024 + 64),
             vec![(1032, MigrateType::Isolate)]
         );
+    }
+
+    #[test]
+    fn summary_levels_find_lowest_block_in_a_large_zone() {
+        // 2^22 pages: 8192 pageblocks, three summary levels (128 words, 2 words, 1 word).
+        let n = 1 << 22;
+        let tags = AtomicTags::new(n);
+        let mut fi = FreeIndex::new(0, n);
+        assert_eq!(fi.sum_levels.len(), 3);
+        let far = 4_000 * 512 + 48;
+        let near = 70 * 512 + 16;
+        fi.add_to_free_list(&tags, far, 4, MigrateType::Movable);
+        fi.add_to_free_list(&tags, near, 4, MigrateType::Movable);
+        fi.add_to_free_list(&tags, near + 64, 6, MigrateType::Unmovable);
+        assert_eq!(
+            fi.get_page_from_free_area(&tags, 4, MigrateType::Movable),
+            Some(near)
+        );
+        fi.del_page_from_free_list(near, 4, MigrateType::Movable);
+        assert!(!fi.summary_flags(near, 4, MigrateType::Movable));
+        assert!(fi.summary_flags(near, 6, MigrateType::Unmovable));
+        assert_eq!(
+            fi.get_page_from_free_area(&tags, 4, MigrateType::Movable),
+            Some(far)
+        );
+        fi.del_page_from_free_list(far, 4, MigrateType::Movable);
+        assert_eq!(
+            fi.get_page_from_free_area(&tags, 4, MigrateType::Movable),
+            None
+        );
+        // Order 0: a pageblock's heads span eight words; the summary bit stays while any
+        // head of the order is left in the pageblock.
+        fi.add_to_free_list(&tags, 512 * 9 + 3, 0, MigrateType::Movable);
+        fi.add_to_free_list(&tags, 512 * 9 + 500, 0, MigrateType::Movable);
+        fi.del_page_from_free_list(512 * 9 + 3, 0, MigrateType::Movable);
+        assert!(fi.summary_flags(512 * 9, 0, MigrateType::Movable));
+        fi.del_page_from_free_list(512 * 9 + 500, 0, MigrateType::Movable);
+        assert!(!fi.summary_flags(512 * 9, 0, MigrateType::Movable));
+        assert_eq!(fi.nr_free_pages, 64);
     }
 
     #[test]

@@ -150,20 +150,24 @@ thread_local! {
 /// This thread's cache slot among `nr_slots`.
 #[inline]
 pub(crate) fn this_slot(nr_slots: usize) -> usize {
-    let s = SLOT.with(|s| {
-        let v = s.get();
-        if v != usize::MAX {
-            return v;
-        }
-        let v = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
-        s.set(v);
-        v
-    });
+    let mut s = SLOT.get();
+    if s == usize::MAX {
+        s = assign_slot();
+    }
     if s < nr_slots {
         s
     } else {
         s % nr_slots
     }
+}
+
+/// Gives the calling thread its slot number (round robin), once.
+#[cold]
+#[inline(never)]
+fn assign_slot() -> usize {
+    let v = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
+    SLOT.set(v);
+    v
 }
 
 #[cfg(test)]

@@ -237,7 +237,7 @@ impl Zone {
     }
 
     /// Writes the order code of an allocated block (under the zone lock).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn set_alloc_order(&self, pfn: u64, order: u32) {
         let idx = pfn - self.base;
         if order == 0 {
@@ -531,41 +531,62 @@ impl Zone {
         let mut pcp = self.pcp[slot].0.lock();
         pcp.free_factor >>= 1;
         let l = order_to_pindex(mt, order);
-        if pcp.lists[l].is_empty() {
-            let mut batch = pcp.batch.max(1);
-            if order > 0 {
-                batch = (batch >> order).max(2);
-            }
-            let mut st = self.state.lock();
-            if order > 0
-                && !super::watermark::zone_watermark_ok(
-                    st.free.nr_free_pages,
-                    order,
-                    mark_plus_reserve,
-                    0,
-                    &st.free.area,
-                )
-            {
-                return None;
-            }
-            let mut got = 0;
-            for _ in 0..batch {
-                let Some(pfn) = self.rmqueue_locked(&mut st, order, mt, flags) else {
-                    break;
-                };
-                self.set_alloc_order(pfn, order);
-                pcp.lists[l].push_back(pcp_entry(pfn, order, mt));
-                got += 1;
-            }
-            self.publish(&st);
-            drop(st);
-            pcp.count += got << order;
+        if pcp.lists[l].is_empty()
+            && !self.rmqueue_bulk(&mut pcp, l, order, mt, flags, mark_plus_reserve)
+        {
+            return None;
         }
         let entry = pcp.lists[l].pop_front()?;
         pcp.count -= 1 << order;
         let pfn = pcp_entry_pfn(entry, order);
         self.alloc_heads.test_and_set(pfn - self.base);
         Some(pfn)
+    }
+
+    /// `rmqueue_bulk()`: refills the empty per-CPU list `l` with `batch` (order 0) or
+    /// `max(batch >> order, 2)` blocks under one zone lock, after checking the watermark for
+    /// orders above 0. Returns false when the watermark check fails. Kept out of line: the
+    /// hit path of `rmqueue_pcplist` stays short.
+    #[cold]
+    #[inline(never)]
+    fn rmqueue_bulk(
+        &self,
+        pcp: &mut PerCpuPages,
+        l: usize,
+        order: u32,
+        mt: MigrateType,
+        flags: AllocFlags,
+        mark_plus_reserve: u64,
+    ) -> bool {
+        let mut batch = pcp.batch.max(1);
+        if order > 0 {
+            batch = (batch >> order).max(2);
+        }
+        let mut st = self.state.lock();
+        if order > 0
+            && !super::watermark::zone_watermark_ok(
+                st.free.nr_free_pages,
+                order,
+                mark_plus_reserve,
+                0,
+                &st.free.area,
+            )
+        {
+            return false;
+        }
+        let mut got = 0;
+        for _ in 0..batch {
+            let Some(pfn) = self.rmqueue_locked(&mut st, order, mt, flags) else {
+                break;
+            };
+            self.set_alloc_order(pfn, order);
+            pcp.lists[l].push_back(pcp_entry(pfn, order, mt));
+            got += 1;
+        }
+        self.publish(&st);
+        drop(st);
+        pcp.count += got << order;
+        true
     }
 
     /// `free_one_page()`: frees straight to the buddy lists under the zone lock.
