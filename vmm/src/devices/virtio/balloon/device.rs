@@ -209,11 +209,16 @@ impl<B: BalloonBackend> VirtioBalloon<B> {
 
     /// Asks the driver for fresh statistics: marks the held statistics buffer for return and
     /// gives the stats queue's index, which the caller then notifies
-    /// (`MmioTransport::notify`), so the buffer is returned and the driver interrupted. `None`
-    /// when the device is not running with a stats queue or holds no buffer (the driver has not
-    /// answered the previous request yet).
+    /// (`MmioTransport::notify`): the device first takes in any buffer waiting in the queue,
+    /// then returns the buffer it holds, and the transport interrupts the driver. `None` when
+    /// the device is not running with a stats queue.
+    ///
+    /// A buffer may wait in the queue unseen: Linux primes the stats queue and notifies it
+    /// before it sets DRIVER_OK (`init_vqs` runs before `virtio_device_ready`), and the
+    /// transport ignores notifications before DRIVER_OK. The first request picks that buffer
+    /// up (its values are the driver's initial ones) and returns it at once.
     pub fn request_stats(&mut self) -> Option<usize> {
-        if !self.active || self.stats_buffer.is_none() {
+        if !self.active {
             return None;
         }
         let index = self.queue_index(QueueRole::Stats)?;
@@ -525,12 +530,6 @@ impl<B: BalloonBackend> VirtioDevice for VirtioBalloon<B> {
             self.mem = Some(mem.clone());
         }
         let mut used = false;
-        if role == QueueRole::Stats && std::mem::take(&mut self.stats_request_pending) {
-            if let Some(head) = self.stats_buffer.take() {
-                used |= self.add_used(queue, head, mem);
-                self.counters.stats_requests += 1;
-            }
-        }
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             // Reported buffers are never read, only their addresses matter.
@@ -556,6 +555,16 @@ impl<B: BalloonBackend> VirtioDevice for VirtioBalloon<B> {
                 QueueRole::FreePageHint => {}
             }
             used |= self.add_used(queue, head, mem);
+        }
+        // A statistics request returns the buffer held now (taken in just above, if the
+        // driver's buffer was waiting in the queue).
+        if role == QueueRole::Stats && std::mem::take(&mut self.stats_request_pending) {
+            if let Some(head) = self.stats_buffer.take() {
+                if self.add_used(queue, head, mem) {
+                    used = true;
+                    self.counters.stats_requests += 1;
+                }
+            }
         }
         used
     }

@@ -57,8 +57,8 @@ impl<B: BalloonBackend> StatsTimer<B> {
         self.interval
     }
 
-    /// One tick: ask the driver for statistics if the device runs and holds a buffer.
-    /// Returns whether a request went out.
+    /// One tick: ask the driver for statistics if the device runs with a stats queue.
+    /// Returns whether the stats queue was notified.
     pub fn tick(&self) -> bool {
         let mut t = self.transport.lock().unwrap_or_else(|p| p.into_inner());
         if !t.is_activated() {

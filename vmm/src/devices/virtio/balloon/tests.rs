@@ -758,7 +758,12 @@ fn target_and_actual_in_the_configuration_space() {
 fn statistics_request_and_response_cycle() {
     let mem = balloon_memory();
     let mut h = Harness::start(&mem, config(true, false));
-    assert_eq!(h.t.device_mut().request_stats(), None, "no buffer held yet");
+    // Nothing held, nothing waiting: a request returns nothing and does not interrupt.
+    let before = h.line.get();
+    let idx = h.t.device_mut().request_stats().expect("stats queue");
+    h.t.notify(idx as u32);
+    assert_eq!(h.line.get(), before);
+    assert_eq!(h.dev().counters().stats_requests, 0);
     // The driver primes the queue with its first values; the device keeps the buffer.
     let used = h.send_stats(&[
         (VIRTIO_BALLOON_S_MEMFREE, 300 * MIB),
@@ -780,11 +785,11 @@ fn statistics_request_and_response_cycle() {
     assert_eq!(h.queues[idx].q.take_used().map(|u| u.1), Some(0));
     assert_eq!(h.line.get(), before + 1);
     assert!(!h.dev().holds_stats_buffer());
-    assert_eq!(
-        h.t.device_mut().request_stats(),
-        None,
-        "nothing to return until the driver answers"
-    );
+    // A request before the driver answered returns nothing more.
+    h.t.device_mut().request_stats();
+    h.t.notify(idx as u32);
+    assert_eq!(h.queues[idx].q.take_used(), None);
+    assert_eq!(h.line.get(), before + 1);
     // The driver answers with fresh values.
     assert_eq!(h.send_stats(&[(VIRTIO_BALLOON_S_MEMFREE, 100 * MIB)]), None);
     let s2 = h.dev().stats().expect("stats");
@@ -1180,4 +1185,39 @@ fn a_driver_follows_the_target_up_and_down() {
         (c.invalid_pfns, c.redundant_pfns, c.dropped_chains),
         (0, 0, 0)
     );
+}
+
+#[test]
+fn a_stats_buffer_offered_before_driver_ok_is_picked_up_by_the_first_request() {
+    let mem = balloon_memory();
+    let (mut t, line) = transport(&mem, config(true, false), TestBackend::default());
+    let offered = device_features(&mut t);
+    assert!(negotiate(&mut t, offered));
+    let mut rings: Vec<Ring<'_>> = (0..3u64)
+        .map(|i| Ring::at(&mem, RING_ADDR + 0x1000 * i))
+        .collect();
+    for (i, r) in rings.iter().enumerate() {
+        setup_queue(&mut t, i as u32, u32::from(QUEUE_LEN), &r.q.mock);
+    }
+    // Linux's init_vqs: prime the stats queue and kick it, before DRIVER_OK.
+    let bytes = encode_stats(&[(VIRTIO_BALLOON_S_MEMFREE, 7 * MIB)]);
+    rings[2].q.put(STATS_BUF, &bytes);
+    rings[2].offer(&[Buf {
+        addr: STATS_BUF,
+        len: bytes.len() as u32,
+        write: false,
+    }]);
+    write32(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 2);
+    driver_ok(&mut t);
+    assert!(t.device().stats().is_none(), "the early kick was ignored");
+    // The first request takes the buffer in and returns it for fresh values.
+    let idx = t.device_mut().request_stats().expect("stats queue");
+    t.notify(idx as u32);
+    assert_eq!(
+        t.device().stats().and_then(|s| s.free_memory()),
+        Some(7 * MIB)
+    );
+    assert_eq!(rings[2].q.take_used().map(|u| u.1), Some(0));
+    assert_eq!(line.get(), 1);
+    assert_eq!(t.device().counters().stats_requests, 1);
 }
