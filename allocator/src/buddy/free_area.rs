@@ -239,14 +239,28 @@ impl FreeIndex {
         let (w, m) = self.head_pos(order, bit);
         let now = self.heads[w] & !m;
         self.heads[w] = now;
-        // Keep the summary tight: once the pageblock holds no free head of this order at
-        // all, its bit for this list is cleared (it can only stay stale while blocks of the
-        // same order on other lists remain in the pageblock). From order 3 up, the heads of
-        // one pageblock lie in one word: the word just written answers it.
         let pb = idx >> PAGEBLOCK_ORDER;
+        if self.pageblock_emptied(order, pb, now) {
+            self.sum_clear(summary_id(order, l), pb);
+        }
+        let area = &mut self.area[order as usize];
+        area.nr_free -= 1;
+        area.nr_free_mt[l] -= 1;
+        if mt != MigrateType::Isolate {
+            self.nr_free_pages -= 1 << order;
+        }
+    }
+
+    /// After a head of `order` in pageblock `pb` was cleared, leaving `now` in its word:
+    /// whether the pageblock holds no free head of this order any more, so that its
+    /// summary bit can be cleared (keeping the summary tight; it can only stay stale while
+    /// blocks of the same order on other lists remain in the pageblock). From order 3 up
+    /// the heads of one pageblock lie in one word, and `now` answers it.
+    #[inline(always)]
+    fn pageblock_emptied(&self, order: u32, pb: u64, now: u64) -> bool {
         let (start, end) = pageblock_bits(pb, order);
         let span = end - start;
-        let empty = if span == 0 {
+        if span == 0 {
             true
         } else if start / WORD_BITS == (end - 1) / WORD_BITS {
             let mask = if span == WORD_BITS {
@@ -257,16 +271,50 @@ impl FreeIndex {
             now & mask == 0
         } else {
             !self.heads_any(order, start, end)
-        };
-        if empty {
-            self.sum_clear(summary_id(order, l), pb);
         }
-        let area = &mut self.area[order as usize];
-        area.nr_free -= 1;
-        area.nr_free_mt[l] -= 1;
-        if mt != MigrateType::Isolate {
-            self.nr_free_pages -= 1 << order;
+    }
+
+    /// `get_page_from_free_area()` followed by `del_page_from_free_list()` in one pass:
+    /// takes the lowest free block of `order` off list `mt` and returns its pfn.
+    #[inline]
+    pub(crate) fn take_page_from_free_area(
+        &mut self,
+        tags: &AtomicTags,
+        order: u32,
+        mt: MigrateType,
+    ) -> Option<u64> {
+        if self.free_area_empty(order, mt) {
+            return None;
         }
+        let l = list_index(mt);
+        let id = summary_id(order, l);
+        let off = self.head_off[order as usize];
+        while let Some(pb) = self.sum_first(id) {
+            let (start, end) = pageblock_bits(pb, order);
+            let mut i = start;
+            while let Some(bit) = self.heads_find_next(order, i, end) {
+                let idx = bit << order;
+                if usize::from(tags.get(idx)) == l {
+                    let w = off + (bit / WORD_BITS) as usize;
+                    let now = self.heads[w] & !(1 << (bit % WORD_BITS));
+                    self.heads[w] = now;
+                    if self.pageblock_emptied(order, pb, now) {
+                        self.sum_clear(id, pb);
+                    }
+                    let area = &mut self.area[order as usize];
+                    area.nr_free -= 1;
+                    area.nr_free_mt[l] -= 1;
+                    if mt != MigrateType::Isolate {
+                        self.nr_free_pages -= 1 << order;
+                    }
+                    return Some(self.base + idx);
+                }
+                i = bit + 1;
+            }
+            // Stale summary bit: no block of this order and list left in the pageblock.
+            self.sum_clear(id, pb);
+        }
+        None
     }
 
     /// `move_to_free_list()`: moves a free block from list `from` to list `to`.
@@ -487,6 +535,44 @@ mod tests {
         fi.del_page_from_free_list(512 * 9 + 500, 0, MigrateType::Movable);
         assert!(!fi.summary_flags(512 * 9, 0, MigrateType::Movable));
         assert_eq!(fi.nr_free_pages, 64);
+    }
+
+    #[test]
+    fn take_equals_get_then_del() {
+        let tags = AtomicTags::new(1 << 14);
+        let mut a = FreeIndex::new(0, 1 << 14);
+        let mut b = FreeIndex::new(0, 1 << 14);
+        for (pfn, order, mt) in [
+            (4096 + 512, 9, MigrateType::Movable),
+            (64, 4, MigrateType::Unmovable),
+            (96, 4, MigrateType::Movable),
+            (2048 + 8, 3, MigrateType::Movable),
+            (3, 0, MigrateType::Movable),
+            (700, 0, MigrateType::Movable),
+        ] {
+            a.add_to_free_list(&tags, pfn, order, mt);
+            b.add_to_free_list(&tags, pfn, order, mt);
+        }
+        for (order, mt) in [
+            (0, MigrateType::Movable),
+            (4, MigrateType::Movable),
+            (4, MigrateType::Unmovable),
+            (0, MigrateType::Movable),
+            (9, MigrateType::Movable),
+            (3, MigrateType::Movable),
+            (3, MigrateType::Movable),
+        ] {
+            let got = a.get_page_from_free_area(&tags, order, mt);
+            if let Some(p) = got {
+                a.del_page_from_free_list(p, order, mt);
+            }
+            assert_eq!(b.take_page_from_free_area(&tags, order, mt), got);
+            assert_eq!(a.area, b.area);
+            assert_eq!(a.nr_free_pages, b.nr_free_pages);
+            assert_eq!(a.heads, b.heads);
+            assert_eq!(a.sum, b.sum);
+        }
+        assert_eq!(b.nr_free_pages, 0);
     }
 
     #[test]

@@ -288,8 +288,7 @@ impl Zone {
         mt: MigrateType,
     ) -> Option<u64> {
         for current in order..MAX_ORDER as u32 {
-            if let Some(pfn) = st.free.get_page_from_free_area(&self.tags, current, mt) {
-                st.free.del_page_from_free_list(pfn, current, mt);
+            if let Some(pfn) = st.free.take_page_from_free_area(&self.tags, current, mt) {
                 self.expand(st, pfn, order, current, mt);
                 return Some(pfn);
             }
