@@ -16,9 +16,11 @@
 //! - [`target`]: "guest size" ↔ "balloon size" conversions.
 //! - [`metrics`]: cumulative counters.
 //! - [`event_handler`]: the stats polling timer on the event loop.
+//! - [`mod@attach`]: one call that puts a balloon into a VM (irqfd, transport, notifiers, timer,
+//!   DSDT object).
 //!
-//! Wiring one balloon into a VM (what the VMM does; steps 1-5 as for virtio-mem in
-//! [`crate::devices::virtio`]):
+//! Wiring one balloon into a VM: [`attach()`] does steps 1-3 below in one call; by hand
+//! (steps as for virtio-mem in [`crate::devices::virtio`]):
 //! 1. `let irq = Arc::new(VirtioInterrupt::new(Box::new(irqfd)));`
 //!    `let dev = VirtioBalloon::new(config, backend, irq.clone());`
 //!    `let transport = Arc::new(Mutex::new(MmioTransport::new(dev, guest_memory, irq)?));`
@@ -30,6 +32,7 @@
 //! 4. Control: `device_mut().set_target_pages(n)` / `.set_balloon_size(bytes)`;
 //!    read `.actual_pages()`, `.ballooned_bytes()`, `.stats()`, `.counters()`.
 
+pub mod attach;
 pub mod backend;
 pub mod device;
 pub mod event_handler;
@@ -42,6 +45,7 @@ pub mod target;
 #[cfg(test)]
 mod tests;
 
+pub use attach::{attach, AttachError, AttachedBalloon, BalloonPlacement};
 pub use backend::{
     BalloonBackend, BalloonBackendError, DiscardKind, GuestRange, HostMappingBackend,
 };
