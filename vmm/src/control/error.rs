@@ -121,9 +121,7 @@ impl ControlError {
                 e if e.is_bad_input() => ErrorKind::BadRequest,
                 _ => ErrorKind::Internal,
             },
-            ControlError::Pause(_, PauseError::Released | PauseError::NotRunning) => {
-                ErrorKind::Conflict
-            }
+            ControlError::Pause(_, PauseError::Released) => ErrorKind::Conflict,
             ControlError::Pause(..) | ControlError::Host(_) | ControlError::Internal(_) => {
                 ErrorKind::Internal
             }

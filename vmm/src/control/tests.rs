@@ -283,3 +283,105 @@ fn partial_shrink_reports_what_moved() {
     assert_eq!(m.from.nodes[0].requested, 0);
     assert_eq!(m.to.nodes[0].plugged, 28 * M);
 }
+
+#[test]
+fn handle_dispatches_every_verb() {
+    let p = plane(true);
+    let vm = |id: &str| VmRef { id: id.into() };
+    let r = p
+        .handle(Request::CreateVm(CreateVm {
+            id: Some("a".into()),
+            config: config(64 * M, 128 * M),
+            console: None,
+        }))
+        .expect("create");
+    assert!(matches!(r, Response::Vm(v) if v.id == "a"));
+    assert!(matches!(p.handle(Request::ListVms), Ok(Response::Vms(v)) if v.len() == 1));
+    assert!(matches!(
+        p.handle(Request::VmInfo(vm("a"))),
+        Ok(Response::Vm(_))
+    ));
+    assert!(
+        matches!(p.handle(Request::Pause(vm("a"))), Ok(Response::Vm(v)) if v.state == VmState::Paused)
+    );
+    assert!(
+        matches!(p.handle(Request::Resume(vm("a"))), Ok(Response::Vm(v)) if v.state == VmState::Running)
+    );
+    let r = p.handle(Request::Resize(ResizeVm {
+        id: "a".into(),
+        node: None,
+        size: 64 * M + 64 * M,
+        wait_secs: 1,
+    }));
+    assert!(matches!(r, Ok(Response::Resize(r)) if r.complete));
+    let r = p.handle(Request::Rebalance(Rebalance {
+        from: "a".into(),
+        to: "a".into(),
+        size: 2 * M,
+        from_node: None,
+        to_node: None,
+        wait_secs: 0,
+    }));
+    assert!(matches!(r, Err(ControlError::Invalid(_))));
+    assert!(matches!(p.handle(Request::PoolInfo), Ok(Response::Pool(_))));
+    assert!(
+        matches!(p.handle(Request::Shutdown(vm("a"))), Ok(Response::Vm(v)) if v.state == VmState::Stopped)
+    );
+    assert!(matches!(
+        p.handle(Request::Delete(vm("a"))),
+        Ok(Response::Deleted)
+    ));
+    assert!(matches!(
+        p.handle(Request::VmInfo(vm("a"))),
+        Err(ControlError::NotFound(_))
+    ));
+}
+
+/// Verbs from many threads at once: no deadlock, every page back, the pool consistent.
+#[test]
+fn concurrent_verbs_keep_the_pool_consistent() {
+    let p = Arc::new(plane(true));
+    let used0 = used_pages(p.pool());
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    let id = format!("w{w}-{i}");
+                    let _ = create(&p, &id, 32 * M, 128 * M);
+                    let _ = p.pause(&id);
+                    let _ = p.resume(&id);
+                    let _ = p.resize(&ResizeVm {
+                        id: id.clone(),
+                        node: None,
+                        size: 32 * M + 32 * M,
+                        wait_secs: 0,
+                    });
+                    let other = format!("w{}-{i}", (w + 1) % 4);
+                    let _ = p.rebalance(&Rebalance {
+                        from: id.clone(),
+                        to: other,
+                        size: 2 * M,
+                        from_node: None,
+                        to_node: None,
+                        wait_secs: 0,
+                    });
+                    let _ = p.list_vms();
+                    let _ = p.pool_info();
+                    let _ = p.shutdown(&id);
+                    let _ = p.delete(&id);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
+    p.stop_all();
+    for v in p.list_vms() {
+        p.delete(&v.id).expect("stopped VMs delete");
+    }
+    assert!(p.list_vms().is_empty());
+    assert_eq!(used_pages(p.pool()), used0);
+    p.pool().pool().validate().expect("pool consistent");
+}
