@@ -34,6 +34,12 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const CONFIG_SIZE: usize = 8;
 /// Pfns read from an inflate/deflate buffer per step (Linux sends at most 256 per buffer).
 const PFN_BATCH: usize = 1024;
+/// The most pfns one inflate/deflate buffer may carry (1 GiB of pages; Linux sends 256): the
+/// rest of a larger buffer is ignored, so a hostile chain cannot stall the event loop.
+pub const MAX_PFNS_PER_BUFFER: usize = 1 << 18;
+/// The most bytes one free page report may cover (Linux reports at most 32 blocks of at most
+/// 4 MiB, 128 MiB): the rest of a larger report is ignored.
+pub const MAX_REPORT_BYTES: u64 = 1 << 30;
 
 /// What the balloon offers and where it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -271,6 +277,11 @@ impl<B: BalloonBackend> VirtioBalloon<B> {
             self.counters.invalid_pfns += 1;
         }
         let mut left = total / 4;
+        if left > MAX_PFNS_PER_BUFFER {
+            self.counters.oversized_chains += 1;
+            self.counters.invalid_pfns += (left - MAX_PFNS_PER_BUFFER) as u64;
+            left = MAX_PFNS_PER_BUFFER;
+        }
         let mut buf = [0u8; PFN_BATCH * 4];
         while left > 0 {
             let n = left.min(PFN_BATCH);
@@ -346,8 +357,19 @@ impl<B: BalloonBackend> VirtioBalloon<B> {
         mem: &VirtioGuestMemory,
     ) {
         self.counters.reports += 1;
+        let mut budget = MAX_REPORT_BYTES;
+        let mut oversized = false;
         for desc in chain {
-            let len = u64::from(desc.len());
+            let mut len = u64::from(desc.len());
+            if len > budget {
+                oversized = true;
+                self.counters.invalid_report_bytes += len - budget;
+                len = budget;
+            }
+            budget -= len;
+            if len == 0 {
+                continue;
+            }
             let (start, end) = whole_pages(desc.addr().0, len);
             self.counters.invalid_report_bytes += len - (end - start).min(len);
             let backend = &self.backend;
@@ -361,6 +383,9 @@ impl<B: BalloonBackend> VirtioBalloon<B> {
                     }
                 }
             }
+        }
+        if oversized {
+            self.counters.oversized_chains += 1;
         }
     }
 

@@ -34,6 +34,9 @@ pub struct BalloonCounters {
     /// Descriptor chains returned unprocessed: unreadable buffers, buffers in unbacked
     /// memory, trailing partial pfns, or a full used ring.
     pub dropped_chains: u64,
+    /// Inflate/deflate buffers with more than `MAX_PFNS_PER_BUFFER` pfns, or reports covering
+    /// more than `MAX_REPORT_BYTES`: the excess was ignored.
+    pub oversized_chains: u64,
     /// Statistics buffers received.
     pub stats_updates: u64,
     /// Statistics requests sent to the driver (buffers returned).
@@ -55,7 +58,7 @@ impl BalloonCounters {
     }
 
     /// Every counter as `(name, value)` (e.g. for /metrics).
-    pub fn named_values(&self) -> [(&'static str, u64); 15] {
+    pub fn named_values(&self) -> [(&'static str, u64); 16] {
         [
             ("inflated_pages", self.inflated_pages),
             ("deflated_pages", self.deflated_pages),
@@ -69,6 +72,7 @@ impl BalloonCounters {
             ("discard_errors", self.discard_errors),
             ("reclaim_errors", self.reclaim_errors),
             ("dropped_chains", self.dropped_chains),
+            ("oversized_chains", self.oversized_chains),
             ("stats_updates", self.stats_updates),
             ("stats_requests", self.stats_requests),
             ("ignored_config_writes", self.ignored_config_writes),

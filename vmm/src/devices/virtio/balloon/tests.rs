@@ -1221,3 +1221,51 @@ fn a_stats_buffer_offered_before_driver_ok_is_picked_up_by_the_first_request() {
     assert_eq!(line.get(), 1);
     assert_eq!(t.device().counters().stats_requests, 1);
 }
+
+#[test]
+fn oversized_buffers_and_reports_are_cut_off() {
+    use super::device::{MAX_PFNS_PER_BUFFER, MAX_REPORT_BYTES};
+    // 2 GiB of anonymous guest RAM (untouched, so nearly free) holds a pfn buffer longer than
+    // the limit, and reports can name more than the limit.
+    let mem = VirtioGuestMemory::from_ranges(&[(GuestAddress(0), 2 << 30)]).expect("memory");
+    let mut h = Harness::start(&mem, config(false, true));
+    let n = MAX_PFNS_PER_BUFFER + 10;
+    let pfns: Vec<u8> = (0..n as u32)
+        .flat_map(|i| (pfn(64 * MIB) + i).to_le_bytes())
+        .collect();
+    h.queues[0].q.put(PFN_BUF, &pfns);
+    h.submit(
+        QueueRole::Inflate,
+        &[Buf {
+            addr: PFN_BUF,
+            len: pfns.len() as u32,
+            write: false,
+        }],
+    );
+    let c = h.dev().counters();
+    assert_eq!(h.dev().ballooned_pages(), MAX_PFNS_PER_BUFFER as u64);
+    assert_eq!((c.oversized_chains, c.invalid_pfns), (1, 10));
+    // A report of 1.5 GiB in two descriptors: only the first 1 GiB counts.
+    h.submit(
+        QueueRole::Reporting,
+        &[
+            Buf {
+                addr: 1 << 30,
+                len: 1 << 30,
+                write: true,
+            },
+            Buf {
+                addr: 2 * MIB,
+                len: 512 << 20,
+                write: true,
+            },
+        ],
+    );
+    let c = h.dev().counters();
+    assert_eq!(c.oversized_chains, 2);
+    // The first 64 MiB of the reported GiB are in the balloon (64 MiB + 1 GiB of pfns).
+    assert_eq!(c.reported_bytes, MAX_REPORT_BYTES - 64 * MIB);
+    assert_eq!(c.invalid_report_bytes, 512 << 20);
+    // (The test backend's region checks know only the usual test memory, so compare directly.)
+    assert_eq!(h.backend().inflated.len() as u64, h.dev().ballooned_pages());
+}
