@@ -1,7 +1,8 @@
 //! Boot benchmark (issue 4): time from VMM process start to the guest agent's first line, for
 //! memtide and for QEMU (`-M microvm -accel kvm`) booting the same guest image (1 vCPU,
-//! 512 MiB) on the same KVM host, and each VMM's own RSS beyond guest memory (VmRSS minus
-//! RssShmem: both VMMs keep guest RAM in a memfd here, QEMU through memory-backend-memfd).
+//! 512 MiB) on the same KVM host, and each VMM's own RSS beyond guest memory (resident pages
+//! outside the guest-memory memfd mappings, from /proc/PID/smaps: both VMMs keep guest RAM in
+//! a memfd here, QEMU through memory-backend-memfd).
 //! Targets: memtide boots faster than QEMU and uses under 10 MiB of its own memory.
 //!
 //! `cargo bench -p memtide-testbed --bench vmm_boot` (`MEMTIDE_BENCH_ROUNDS`, default 3).
@@ -14,26 +15,23 @@ use common::{memtide_binary_with, run_argv};
 use memtide_testbed::{say, GuestImage, HostConfig, KvmHost, QemuGuest};
 use std::time::Duration;
 
-/// RSS of the VMM process named `comm` in the host, minus its shared (guest) memory, KiB.
+/// RSS of the VMM process named `comm` in the host: `(total, own)` KiB, where own is every
+/// resident page not in a guest-memory memfd mapping (binary, libraries, heap, stacks),
+/// summed from /proc/PID/smaps.
 fn own_rss_kib(host: &KvmHost, comm: &str) -> Option<(u64, u64)> {
-    let out = host
-        .run(
-            &format!("grep -E '^(VmRSS|RssShmem):' /proc/$(pidof {comm} | cut -d' ' -f1)/status"),
-            Duration::from_secs(20),
-        )
-        .ok()?;
-    let field = |name: &str| -> Option<u64> {
-        out.lines
-            .iter()
-            .find(|l| l.starts_with(name))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    let rss = field("VmRSS:")?;
-    let shmem = field("RssShmem:")?;
-    Some((rss, rss.saturating_sub(shmem)))
+    let script = format!(
+        "awk '/^[0-9a-f]+-[0-9a-f]+ /{{m=($6 ~ /^\\/memfd:/)}} /^Rss:/{{if (m) g+=$2; else o+=$2}} \
+         END{{print g+0, o+0}}' /proc/$(pidof {comm} | cut -d' ' -f1)/smaps"
+    );
+    let out = host.run(&script, Duration::from_secs(20)).ok()?;
+    let mut nums = out
+        .lines
+        .last()?
+        .split_whitespace()
+        .map(|w| w.parse::<u64>().ok());
+    let guest = nums.next()??;
+    let own = nums.next()??;
+    Some((guest + own, own))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -68,7 +66,7 @@ fn main() {
         ..QemuGuest::default()
     };
     let qemu_argv = qemu.argv(&host).expect("qemu argv");
-    let qemu_comm = "qemu-system-x86";
+    let qemu_comm = "qemu-system-x86_64";
     let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut own: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for round in 0..rounds {
@@ -88,8 +86,13 @@ fn main() {
                 .map(|a| a.duration_since(guest.spawned_at()).as_secs_f64())
                 .expect("agent line time");
             let rss = own_rss_kib(&host, comm);
+            let uptime = guest
+                .sh("cut -d' ' -f1 /proc/uptime")
+                .ok()
+                .and_then(|l| l.first().cloned())
+                .unwrap_or_default();
             say(&format!(
-                "bench {label}: process start -> agent line {secs:.2} s, RSS (total, own) {rss:?} KiB"
+                "bench {label}: process start -> agent line {secs:.2} s (guest kernel uptime then {uptime} s), RSS (total, own) {rss:?} KiB"
             ));
             times[i].push(secs);
             if let Some((_, o)) = rss {
