@@ -20,6 +20,7 @@ pub mod resize;
 pub mod testing;
 #[cfg(test)]
 mod tests;
+pub mod virtio_mem;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

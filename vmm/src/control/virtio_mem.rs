@@ -1,0 +1,109 @@
+//! [`HotplugMemory`] over memtide's virtio-mem devices, each behind its virtio-mmio transport
+//! (shared with the MMIO bus and the queue notifiers): what a VM hands the control plane once
+//! virtio-mem is wired into it, e.g. `Some(Arc::new(VirtioMemHotplug::new(devices)))` from
+//! its [`super::Machine::hotplug`].
+
+use std::sync::{Arc, Mutex};
+
+use super::machine::{HotplugMemory, HotplugNode};
+use crate::devices::virtio::mem::{MemoryBackend, VirtioMem};
+use crate::devices::virtio::mmio::MmioTransport;
+
+/// One transport-wrapped virtio-mem device as the VM shares it.
+pub type SharedMemDevice<B> = Arc<Mutex<MmioTransport<VirtioMem<B>>>>;
+
+/// A VM's virtio-mem devices by guest node.
+pub struct VirtioMemHotplug<B: MemoryBackend> {
+    devices: Vec<(u32, SharedMemDevice<B>)>,
+}
+
+impl<B: MemoryBackend> VirtioMemHotplug<B> {
+    /// The devices, as `(guest node, device)`.
+    pub fn new(devices: Vec<(u32, SharedMemDevice<B>)>) -> Self {
+        VirtioMemHotplug { devices }
+    }
+}
+
+impl<B: MemoryBackend> HotplugMemory for VirtioMemHotplug<B>
+where
+    MmioTransport<VirtioMem<B>>: Send,
+{
+    fn nodes(&self) -> Vec<HotplugNode> {
+        self.devices
+            .iter()
+            .map(|(n, t)| {
+                let t = t.lock().unwrap_or_else(|p| p.into_inner());
+                let d = t.device();
+                HotplugNode {
+                    guest_node: *n,
+                    block_size: d.block_size(),
+                    region_size: d.region_size(),
+                    usable: d.usable_region_size(),
+                    plugged: d.plugged_size(),
+                    requested: d.requested_size(),
+                }
+            })
+            .collect()
+    }
+
+    fn set_requested(&self, guest_node: u32, bytes: u64) -> Result<(), String> {
+        let (_, t) = self
+            .devices
+            .iter()
+            .find(|(n, _)| *n == guest_node)
+            .ok_or_else(|| format!("no virtio-mem device on guest node {guest_node}"))?;
+        let mut t = t.lock().unwrap_or_else(|p| p.into_inner());
+        t.device_mut()
+            .set_requested_size(bytes)
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::mem::{BackendError, VirtioMemConfig};
+    use crate::devices::virtio::test_utils::{counting_interrupt, test_memory};
+    use vm_memory::GuestAddress;
+
+    struct NoBackend;
+
+    impl MemoryBackend for NoBackend {
+        fn plug(&mut self, _: GuestAddress, _: u64) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn unplug(&mut self, _: GuestAddress, _: u64) -> Result<(), BackendError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn reads_and_sets_the_devices() {
+        let (irq, _line) = counting_interrupt();
+        let cfg = VirtioMemConfig {
+            addr: 4 << 30,
+            region_size: 256 << 20,
+            block_size: 2 << 20,
+            node_id: Some(1),
+            requested_size: 0,
+        };
+        let dev = VirtioMem::new(cfg, NoBackend, irq.clone()).expect("device");
+        let t = MmioTransport::new(dev, test_memory(), irq).expect("transport");
+        let h = VirtioMemHotplug::new(vec![(1, Arc::new(Mutex::new(t)))]);
+        let n = h.nodes();
+        assert_eq!(n.len(), 1);
+        assert_eq!(
+            (n[0].guest_node, n[0].region_size, n[0].block_size),
+            (1, 256 << 20, 2 << 20)
+        );
+        assert_eq!((n[0].plugged, n[0].requested), (0, 0));
+        h.set_requested(1, 64 << 20).expect("resize");
+        let n = h.nodes();
+        assert_eq!(n[0].requested, 64 << 20);
+        assert!(n[0].usable >= 64 << 20);
+        assert!(h.set_requested(1, 3 << 20).is_err(), "unaligned");
+        assert!(h.set_requested(1, 512 << 20).is_err(), "beyond the region");
+        assert!(h.set_requested(0, 2 << 20).is_err(), "no device on node 0");
+        assert_eq!(h.nodes()[0].requested, 64 << 20);
+    }
+}
