@@ -23,13 +23,20 @@ pub enum StatsTimerError {
     Timer(std::io::Error),
 }
 
+/// How often the timer fires until the guest's first statistics arrived (when the interval
+/// is longer): the driver primes the stats queue while it starts, and the first tick after
+/// that picks the values up, so they should not wait a whole long interval.
+pub const STARTUP_PERIOD: Duration = Duration::from_secs(1);
+
 /// Event-loop subscriber: every interval, the device returns its held statistics buffer to
 /// the driver (through [`MmioTransport::notify`] of the stats queue), which answers with
-/// fresh values on the stats queue.
+/// fresh values on the stats queue. Until the first values arrived it fires every
+/// [`STARTUP_PERIOD`] (or the interval, if shorter).
 pub struct StatsTimer<B: BalloonBackend> {
     transport: Arc<Mutex<MmioTransport<VirtioBalloon<B>>>>,
     timer: TimerFd,
     interval: Duration,
+    starting: bool,
 }
 
 impl<B: BalloonBackend> StatsTimer<B> {
@@ -42,14 +49,21 @@ impl<B: BalloonBackend> StatsTimer<B> {
             return Err(StatsTimerError::ZeroInterval(interval));
         }
         let mut timer = TimerFd::new().map_err(|e| StatsTimerError::Timer(e.into()))?;
+        let first = interval.min(STARTUP_PERIOD);
         timer
-            .reset(interval, Some(interval))
+            .reset(first, Some(first))
             .map_err(|e| StatsTimerError::Timer(e.into()))?;
         Ok(StatsTimer {
             transport,
             timer,
             interval,
+            starting: first != interval,
         })
+    }
+
+    /// Whether the timer still fires at the start-up period.
+    pub fn is_starting(&self) -> bool {
+        self.starting
     }
 
     /// The polling interval.
@@ -70,6 +84,11 @@ impl<B: BalloonBackend> StatsTimer<B> {
         t.notify(index as u32);
         true
     }
+
+    fn has_stats(&self) -> bool {
+        let t = self.transport.lock().unwrap_or_else(|p| p.into_inner());
+        t.device().stats().is_some()
+    }
 }
 
 impl<B: BalloonBackend> MutEventSubscriber for StatsTimer<B> {
@@ -86,6 +105,12 @@ impl<B: BalloonBackend> MutEventSubscriber for StatsTimer<B> {
             return;
         }
         self.tick();
+        if self.starting && self.has_stats() {
+            // Values flow: from now on at the configured interval.
+            if self.timer.reset(self.interval, Some(self.interval)).is_ok() {
+                self.starting = false;
+            }
+        }
     }
 
     fn init(&mut self, ops: &mut EventOps) {

@@ -826,6 +826,10 @@ fn the_stats_timer_returns_the_buffer_on_the_event_loop() {
     ));
     let timer = StatsTimer::new(transport.clone(), Duration::from_millis(5)).expect("timer");
     assert_eq!(timer.interval(), Duration::from_millis(5));
+    assert!(
+        !timer.is_starting(),
+        "short intervals need no start-up period"
+    );
     let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
         EventManager::new().expect("epoll");
     em.add_subscriber(Arc::new(Mutex::new(timer)));
@@ -1268,4 +1272,45 @@ fn oversized_buffers_and_reports_are_cut_off() {
     assert_eq!(c.invalid_report_bytes, 512 << 20);
     // (The test backend's region checks know only the usual test memory, so compare directly.)
     assert_eq!(h.backend().inflated.len() as u64, h.dev().ballooned_pages());
+}
+
+#[test]
+fn a_long_stats_interval_starts_at_the_startup_period_until_values_arrive() {
+    use super::event_handler::STARTUP_PERIOD;
+    let mem = balloon_memory();
+    let h = Harness::start(&mem, config(true, false));
+    let Harness { t, mut queues, .. } = h;
+    // The driver's buffer waits in the queue (offered before DRIVER_OK in real life).
+    let bytes = encode_stats(&[(VIRTIO_BALLOON_S_MEMFREE, 3 * MIB)]);
+    queues[2].q.put(STATS_BUF, &bytes);
+    queues[2].offer(&[Buf {
+        addr: STATS_BUF,
+        len: bytes.len() as u32,
+        write: false,
+    }]);
+    let transport = Arc::new(Mutex::new(t));
+    let timer = Arc::new(Mutex::new(
+        StatsTimer::new(transport.clone(), Duration::from_secs(3600)).expect("timer"),
+    ));
+    assert!(timer.lock().expect("lock").is_starting());
+    let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+        EventManager::new().expect("epoll");
+    em.add_subscriber(timer.clone());
+    // The first tick comes after STARTUP_PERIOD, not an hour: wait up to 5 s for it.
+    assert!(STARTUP_PERIOD < Duration::from_secs(5));
+    assert_eq!(em.run_with_timeout(5000).expect("run"), 1);
+    let t = transport.lock().expect("lock");
+    assert_eq!(
+        t.device().stats().and_then(|s| s.free_memory()),
+        Some(3 * MIB)
+    );
+    assert_eq!(
+        queues[2].q.take_used().map(|u| u.1),
+        Some(0),
+        "returned for fresh values"
+    );
+    assert!(
+        !timer.lock().expect("lock").is_starting(),
+        "back to the configured interval"
+    );
 }
