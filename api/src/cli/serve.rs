@@ -3,10 +3,11 @@
 //!
 //! ```text
 //! memtide serve --api-sock PATH [--http [ADDR]] [--kernelcore SPEC] [--movablecore SPEC]
-//!               [--console-dir DIR] [--max-vms N]
+//!               [--pool-node N:SIZE]... [--console-dir DIR] [--max-vms N]
 //! ```
 //!
-//! The pool covers every host NUMA node (all of its memory), zoned with the host-side
+//! The pool covers every host NUMA node (all of its memory; or SIZE of each `--pool-node`
+//! given), zoned with the host-side
 //! kernelcore=/movablecore= (ZONE_MOVABLE is what virtio-mem plugs from). SIGTERM/SIGINT
 //! stop every VM, close the listeners and remove the socket. Exit status: 0 after a signal,
 //! 2 on bad input, 1 on a host failure.
@@ -17,7 +18,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
+use memtide_vmm::config::parse_size;
 use memtide_vmm::control::{ControlPlane, ErrorKind, KvmLauncher, PlaneConfig};
+use memtide_vmm::memory::host::host_node_exists;
 
 use crate::server;
 
@@ -37,6 +40,10 @@ pub struct ServeArgs {
     /// Host-side movablecore= for the pool's zones (kernel syntax).
     #[arg(long, value_name = "SPEC")]
     pub movablecore: Option<String>,
+    /// Let the pool manage SIZE of host node N (e.g. 0:2G, a multiple of 4 MiB); repeat per
+    /// node. Default: every host node, all of its memory.
+    #[arg(long, value_name = "N:SIZE")]
+    pub pool_node: Vec<String>,
     /// Directory for VM consoles (`<id>.console`) of VMs created without a console file.
     #[arg(long, value_name = "DIR")]
     pub console_dir: Option<PathBuf>,
@@ -61,6 +68,32 @@ async fn signalled() {
     }
 }
 
+/// Parses the `--pool-node N:SIZE` options (`None` when there are none).
+pub fn pool_nodes(specs: &[String]) -> Result<Option<Vec<(u32, u64)>>, String> {
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    specs
+        .iter()
+        .map(|s| {
+            let (n, size) = s
+                .split_once(':')
+                .ok_or_else(|| format!("--pool-node {s:?}: expected N:SIZE, e.g. 0:2G"))?;
+            let node: u32 = n
+                .parse()
+                .map_err(|_| format!("--pool-node {s:?}: bad node number {n:?}"))?;
+            if !host_node_exists(node) {
+                return Err(format!(
+                    "--pool-node {s:?}: host NUMA node {node} does not exist"
+                ));
+            }
+            let size = parse_size(size).map_err(|e| format!("--pool-node {s:?}: {e}"))?;
+            Ok((node, size))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
 /// Runs `memtide serve`.
 pub fn run(args: &ServeArgs) -> ExitCode {
     let fail = |msg: String, code: u8| {
@@ -75,8 +108,12 @@ pub fn run(args: &ServeArgs) -> ExitCode {
             );
         }
     }
+    let nodes = match pool_nodes(&args.pool_node) {
+        Ok(n) => n,
+        Err(e) => return fail(e, 2),
+    };
     let cfg = PlaneConfig {
-        nodes: None,
+        nodes,
         kernelcore: args.kernelcore.clone(),
         movablecore: args.movablecore.clone(),
         console_dir: args.console_dir.clone(),
@@ -138,5 +175,23 @@ pub fn run(args: &ServeArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e.to_string(), 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_nodes_parse() {
+        assert_eq!(pool_nodes(&[]), Ok(None));
+        assert_eq!(
+            pool_nodes(&["0:2G".to_string()]),
+            Ok(Some(vec![(0, 2 << 30)]))
+        );
+        for bad in ["0", "x:1G", "0:1X", "999:1G"] {
+            let e = pool_nodes(&[bad.to_string()]).expect_err(bad);
+            assert!(e.contains("--pool-node"), "{e}");
+        }
     }
 }

@@ -385,3 +385,24 @@ fn concurrent_verbs_keep_the_pool_consistent() {
     assert_eq!(used_pages(p.pool()), used0);
     p.pool().pool().validate().expect("pool consistent");
 }
+
+/// A guest that powers off by itself: the VM is stopped (reason `power_off`), its RAM back
+/// in the pool, and it can be deleted.
+#[test]
+fn a_guest_power_off_stops_the_vm() {
+    let p = plane(false);
+    let used0 = used_pages(p.pool());
+    create(&p, "a", 64 * M, 0).expect("a");
+    let s = p.slot("a").expect("slot");
+    s.exit.request(ExitReason::PowerOff);
+    assert!(s.wait_stopped(Duration::from_secs(10)));
+    let v = p.vm_info("a").expect("info");
+    assert_eq!(v.state, VmState::Stopped);
+    assert_eq!(v.exit_reason.as_deref(), Some("power_off"));
+    assert_eq!(used_pages(p.pool()), used0);
+    assert!(matches!(
+        p.shutdown("a"),
+        Err(ControlError::WrongState { .. })
+    ));
+    p.delete("a").expect("delete");
+}
