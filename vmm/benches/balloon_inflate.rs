@@ -4,7 +4,9 @@
 //!
 //! Cases: contiguous pfns (each buffer merges into one range: one madvise per buffer) and
 //! scattered pfns (every other page: 256 madvise calls per buffer), over touched pages (the
-//! host really frees memory). Deflate between iterations is not timed.
+//! host really frees memory); and both again with a backend that does nothing, which leaves
+//! the device's own share (queue handling, pfn sorting and merging, the page set). Deflate
+//! between iterations is not timed.
 //!
 //! Run: `cargo bench -p memtide-vmm --bench balloon_inflate`.
 
@@ -14,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use memtide_vmm::devices::virtio::balloon::{
-    HostMappingBackend, VirtioBalloon, VirtioBalloonConfig,
+    BalloonBackend, BalloonBackendError, DiscardKind, GuestRange, HostMappingBackend,
+    VirtioBalloon, VirtioBalloonConfig,
 };
 use memtide_vmm::devices::virtio::mmio::MmioTransport;
 use memtide_vmm::devices::virtio::{IrqLine, VirtioGuestMemory, VirtioInterrupt};
@@ -45,7 +48,21 @@ impl IrqLine for NoIrq {
     }
 }
 
-type Balloon = MmioTransport<VirtioBalloon<HostMappingBackend>>;
+/// Accepts everything and does nothing: the device's own cost.
+struct NoopBackend;
+impl BalloonBackend for NoopBackend {
+    fn is_backed(&self, _: GuestRange) -> bool {
+        true
+    }
+    fn discard(&mut self, _: GuestRange, _: DiscardKind) -> Result<(), BalloonBackendError> {
+        Ok(())
+    }
+    fn reclaim(&mut self, _: GuestRange) -> Result<(), BalloonBackendError> {
+        Ok(())
+    }
+}
+
+type Balloon = MmioTransport<VirtioBalloon<Box<dyn BalloonBackend>>>;
 
 fn memfd_memory() -> VirtioGuestMemory {
     // SAFETY: memfd_create with a valid C string; the fd is checked and then owned by the File.
@@ -68,13 +85,9 @@ fn w32(t: &mut Balloon, reg: u32, v: u32) {
 }
 
 /// A running balloon with inflate (0) and deflate (1) queues at `RINGS`.
-fn start(mem: &VirtioGuestMemory) -> Balloon {
+fn start(mem: &VirtioGuestMemory, backend: Box<dyn BalloonBackend>) -> Balloon {
     let irq = Arc::new(VirtioInterrupt::new(Box::new(NoIrq)));
-    let dev = VirtioBalloon::new(
-        VirtioBalloonConfig::default(),
-        HostMappingBackend::new(mem.clone()),
-        irq.clone(),
-    );
+    let dev = VirtioBalloon::new(VirtioBalloonConfig::default(), backend, irq.clone());
     let mut t = MmioTransport::new(dev, mem.clone(), irq).expect("transport");
     let s1 = VIRTIO_CONFIG_S_ACKNOWLEDGE;
     let s2 = s1 | VIRTIO_CONFIG_S_DRIVER;
@@ -144,9 +157,19 @@ fn bench_inflate(c: &mut Criterion) {
     group.throughput(Throughput::Elements(u64::from(PAGES)));
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(10));
-    for (name, scattered) in [("contiguous", false), ("scattered", true)] {
+    for (name, scattered, noop) in [
+        ("contiguous", false, false),
+        ("scattered", true, false),
+        ("contiguous_noop_backend", false, true),
+        ("scattered_noop_backend", true, true),
+    ] {
         let mem = memfd_memory();
-        let mut t = start(&mem);
+        let backend: Box<dyn BalloonBackend> = if noop {
+            Box::new(NoopBackend)
+        } else {
+            Box::new(HostMappingBackend::new(mem.clone()))
+        };
+        let mut t = start(&mem, backend);
         let mut driver = Driver { avail_idx: [0, 0] };
         let pfns = pfn_list(scattered);
         group.bench_function(name, |b| {
