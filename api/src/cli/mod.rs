@@ -1,4 +1,4 @@
-//! The `memtide` command line: one module per subcommand, dispatched from [`run`].
+//! The `memtide` command line: one module per subcommand, dispatched from [`run()`].
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 bad input (clap's own usage errors are 2 too).
 
