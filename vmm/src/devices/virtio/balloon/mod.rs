@@ -19,8 +19,10 @@
 //! - [`mod@attach`]: one call that puts a balloon into a VM (irqfd, transport, notifiers, timer,
 //!   DSDT object).
 //!
-//! Wiring one balloon into a VM: [`attach()`] does steps 1-3 below in one call; by hand
-//! (steps as for virtio-mem in [`crate::devices::virtio`]):
+//! Wiring one balloon into a VM: [`attach()`] creates everything of steps 1-3 below in one
+//! call, leaving the VMM to route MMIO exits to `AttachedBalloon::mmio_read/mmio_write`, add
+//! `take_subscribers()` to its event loop and `acpi` to the DSDT. By hand (steps as for
+//! virtio-mem in [`crate::devices::virtio`]):
 //! 1. `let irq = Arc::new(VirtioInterrupt::new(Box::new(irqfd)));`
 //!    `let dev = VirtioBalloon::new(config, backend, irq.clone());`
 //!    `let transport = Arc::new(Mutex::new(MmioTransport::new(dev, guest_memory, irq)?));`
