@@ -9,7 +9,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader};
 
 use super::backend::{BalloonBackend, DiscardKind, GuestRange};
-use super::metrics::BalloonCounters;
+use super::metrics::{BalloonCounters, BalloonInfo};
 use super::pages::{coalesce, sort_dedup, PageSet, PfnRun, BALLOON_PAGE_SIZE, BALLOON_PFN_SHIFT};
 use super::queues::{
     backed_ranges, buffer_accessible, indirect_table_inaccessible, queue_roles, ring_parts,
@@ -185,6 +185,21 @@ impl<B: BalloonBackend> VirtioBalloon<B> {
     /// Cumulative counters.
     pub fn counters(&self) -> BalloonCounters {
         self.counters
+    }
+
+    /// A snapshot of everything the control plane shows.
+    pub fn info(&self) -> BalloonInfo {
+        BalloonInfo {
+            config: self.config,
+            active: self.active,
+            deflate_on_oom: self.acked_features & VIRTIO_BALLOON_F_DEFLATE_ON_OOM != 0,
+            free_page_reporting: self.acked_features & VIRTIO_BALLOON_F_REPORTING != 0,
+            target_pages: self.num_pages,
+            actual_pages: self.actual,
+            ballooned_pages: self.ballooned.count(),
+            counters: self.counters,
+            stats: self.stats.clone(),
+        }
     }
 
     /// Whether the driver is running the device.

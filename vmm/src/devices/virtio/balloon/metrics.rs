@@ -1,6 +1,48 @@
 //! What the balloon device did: cumulative counters for the control plane and /metrics.
 
+use super::device::VirtioBalloonConfig;
 use super::pages::BALLOON_PAGE_SIZE;
+use super::stats::BalloonStats;
+
+/// A snapshot of one balloon for the control plane (VM info, the API, /metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalloonInfo {
+    /// What the device offers.
+    pub config: VirtioBalloonConfig,
+    /// Whether the guest driver runs the device.
+    pub active: bool,
+    /// Whether the driver accepted deflate on OOM.
+    pub deflate_on_oom: bool,
+    /// Whether the driver accepted free page reporting.
+    pub free_page_reporting: bool,
+    /// `num_pages`: the balloon size the host asks for, in 4 KiB pages.
+    pub target_pages: u32,
+    /// `actual`: the balloon size the driver reports, in 4 KiB pages.
+    pub actual_pages: u32,
+    /// The pages the device holds in the balloon.
+    pub ballooned_pages: u64,
+    /// Cumulative counters.
+    pub counters: BalloonCounters,
+    /// The guest's latest statistics.
+    pub stats: Option<BalloonStats>,
+}
+
+impl BalloonInfo {
+    /// The balloon size the host asks for, in bytes.
+    pub fn target_bytes(&self) -> u64 {
+        u64::from(self.target_pages) * BALLOON_PAGE_SIZE
+    }
+
+    /// The balloon size the driver reports, in bytes.
+    pub fn actual_bytes(&self) -> u64 {
+        u64::from(self.actual_pages) * BALLOON_PAGE_SIZE
+    }
+
+    /// The bytes the device holds in the balloon (their host memory given back).
+    pub fn ballooned_bytes(&self) -> u64 {
+        self.ballooned_pages * BALLOON_PAGE_SIZE
+    }
+}
 
 /// Cumulative counters of one balloon device (never reset, not even by a device reset).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -32,7 +32,7 @@
 //!    `VirtioMmioAcpi` to the DSDT.
 //! 3. If `config.stats_interval` is set, add a [`event_handler::StatsTimer`] to the event loop.
 //! 4. Control: `device_mut().set_target_pages(n)` / `.set_balloon_size(bytes)`;
-//!    read `.actual_pages()`, `.ballooned_bytes()`, `.stats()`, `.counters()`.
+//!    read `.info()` (or `.actual_pages()`, `.ballooned_bytes()`, `.stats()`, `.counters()`).
 
 pub mod attach;
 pub mod backend;
@@ -52,7 +52,7 @@ pub use backend::{
     BalloonBackend, BalloonBackendError, DiscardKind, GuestRange, HostMappingBackend,
 };
 pub use device::{VirtioBalloon, VirtioBalloonConfig};
-pub use metrics::BalloonCounters;
+pub use metrics::{BalloonCounters, BalloonInfo};
 pub use queues::QueueRole;
 pub use stats::BalloonStats;
 pub use target::{

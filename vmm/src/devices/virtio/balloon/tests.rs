@@ -1179,9 +1179,25 @@ fn a_driver_follows_the_target_up_and_down() {
         );
         linux_driver_round(&mut h, &mut owned, &mut free);
         assert_eq!(h.dev().actual_pages(), target);
+        let info = h.dev().info();
+        assert_eq!(info.actual_bytes(), u64::from(target) * 4096);
+        assert_eq!(info.target_bytes(), info.ballooned_bytes());
         assert_eq!(h.dev().ballooned_pages(), u64::from(target));
         h.check_consistent();
     }
+    let info = h.dev().info();
+    assert!(info.active && info.free_page_reporting && !info.deflate_on_oom);
+    assert_eq!(
+        (
+            info.target_bytes(),
+            info.actual_bytes(),
+            info.ballooned_bytes()
+        ),
+        (0, 0, 0)
+    );
+    assert_eq!(info.config, config(true, true));
+    assert_eq!(info.counters, h.dev().counters());
+    assert_eq!(info.stats, None);
     let c = h.dev().counters();
     assert_eq!(c.inflated_pages, 300 + 700 + 1900);
     assert_eq!(c.deflated_pages, 900 + 2000);
