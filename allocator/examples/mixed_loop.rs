@@ -10,6 +10,10 @@
 //!
 //! Only the steady-state loop (`steady_pool` / `steady_bsa`) is collected with that toggle,
 //! so the instruction count divided by the iterations is the cost of one free+alloc.
+//! `none` runs the loop without an allocator (the workload's own cost), `pair0`/`pair9`
+//! the pool's order-0/order-9 alloc+free pairs (`steady_pair`). Besides wall time, the
+//! CPU time of the loop is printed: on a machine shared with other work it excludes the
+//! time the process waited for a CPU.
 
 use buddy_system_allocator::FrameAllocator;
 use memtide_allocator::buddy::{AllocRequest, Pool, PoolConfig};
@@ -63,6 +67,41 @@ fn steady_bsa(f: &mut FrameAllocator<33>, rng: &mut Rng, live: &mut [(usize, u32
     }
 }
 
+/// CPU time of this process so far (user + system, from `/proc/self/stat`, in clock ticks
+/// of 10 ms), so that time spent descheduled on a busy machine is not counted.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// The loop without an allocator: what the workload itself (random numbers, the live
+/// table) costs per iteration.
+#[inline(never)]
+fn steady_none(rng: &mut Rng, live: &mut [(usize, u32)], iters: u64) {
+    for _ in 0..iters {
+        let i = (rng.next() % live.len() as u64) as usize;
+        let (pfn, o) = live[i];
+        std::hint::black_box((pfn, o));
+        let no = (rng.next() % 9) as u32;
+        live[i] = (std::hint::black_box(pfn), no);
+    }
+}
+
+/// `iters` alloc+free pairs of one order on the pool (the `order0_pair`/`order9_pair`
+/// workloads).
+#[inline(never)]
+fn steady_pair(p: &Pool, order: u32, iters: u64) {
+    for _ in 0..iters {
+        let pfn = p.alloc(std::hint::black_box(req(order))).expect("alloc");
+        p.free(std::hint::black_box(pfn), Order(order))
+            .expect("free");
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let which = args.next().unwrap_or_else(|| "pool".into());
@@ -70,7 +109,7 @@ fn main() {
         None => 1_000_000,
         Some(Ok(n)) => n,
         Some(Err(e)) => {
-            eprintln!("usage: mixed_loop pool|bsa [ITERATIONS]: bad iteration count: {e}");
+            eprintln!("usage: mixed_loop pool|bsa|none|pair0|pair9 [ITERATIONS]: bad iteration count: {e}");
             std::process::exit(2);
         }
     };
@@ -97,9 +136,10 @@ fn main() {
                 live.push((p.alloc(req(o)).expect("prefill"), o));
                 used += 1 << o;
             }
+            let c = cpu_seconds();
             let t = Instant::now();
             steady_pool(&p, &mut rng, &mut live, iters);
-            let t = t.elapsed();
+            let t = (t.elapsed(), c.zip(cpu_seconds()).map(|(a, b)| b - a));
             p.validate().expect("valid after the loop");
             t
         }
@@ -113,18 +153,55 @@ fn main() {
                 live.push((f.alloc(1 << o).expect("prefill"), o));
                 used += 1 << o;
             }
+            let c = cpu_seconds();
             let t = Instant::now();
             steady_bsa(&mut f, &mut rng, &mut live, iters);
-            t.elapsed()
+            (t.elapsed(), c.zip(cpu_seconds()).map(|(a, b)| b - a))
+        }
+        "pair0" | "pair9" => {
+            let d = ZoneDescriptor {
+                node: NodeId(0),
+                zone: ZoneType::Normal,
+                zone_start_pfn: Pfn(START),
+                spanned_pages: PAGES,
+                present_ranges: vec![(Pfn(START), Pfn(START + PAGES))],
+            };
+            let cfg = PoolConfig {
+                nr_cpus: Some(2),
+                ..PoolConfig::default()
+            };
+            let p = Pool::new(&[d], cfg).expect("pool");
+            let order = if which == "pair0" { 0 } else { 9 };
+            steady_pair(&p, order, 1000);
+            let c = cpu_seconds();
+            let t = Instant::now();
+            steady_pair(&p, order, iters);
+            (t.elapsed(), c.zip(cpu_seconds()).map(|(a, b)| b - a))
+        }
+        "none" => {
+            let mut live = Vec::new();
+            let mut used = 0;
+            while used < target {
+                let o = (rng.next() % 9) as u32;
+                live.push(((START + used) as usize, o));
+                used += 1 << o;
+            }
+            let c = cpu_seconds();
+            let t = Instant::now();
+            steady_none(&mut rng, &mut live, iters);
+            (t.elapsed(), c.zip(cpu_seconds()).map(|(a, b)| b - a))
         }
         other => {
-            eprintln!("usage: mixed_loop pool|bsa [ITERATIONS]: unknown allocator {other:?}");
+            eprintln!("usage: mixed_loop pool|bsa|none|pair0|pair9 [ITERATIONS]: unknown allocator {other:?}");
             std::process::exit(2);
         }
     };
+    let (wall, cpu) = t;
+    let n = iters.max(1) as f64;
     println!(
-        "{which}: {iters} free+alloc in {:.3} s, {:.1} ns each",
-        t.as_secs_f64(),
-        t.as_nanos() as f64 / iters.max(1) as f64
+        "{which}: {iters} free+alloc in {:.3} s, {:.1} ns each (CPU time: {})",
+        wall.as_secs_f64(),
+        wall.as_nanos() as f64 / n,
+        cpu.map_or("unknown".into(), |c| format!("{:.1} ns each", c * 1e9 / n))
     );
 }
