@@ -104,6 +104,9 @@ fn boot_and_check(host: &KvmHost, memtide: &str, s: &Scenario, t: &mut Timeline)
             .unwrap_or_default();
         assert_eq!(&got, want, "{}: CPUs of guest node {n}", s.label);
     }
+    if s.nodes.len() > 1 {
+        host_memory_is_node_bound(host, s.label)?;
+    }
     assert_eq!(guest.fill(32)?, 32);
     assert_eq!(guest.verify()?, 32);
     assert_eq!(guest.free()?, 32);
@@ -114,6 +117,44 @@ fn boot_and_check(host: &KvmHost, memtide: &str, s: &Scenario, t: &mut Timeline)
         s.label
     );
     t.mark(&format!("{}: powered off", s.label));
+    Ok(())
+}
+
+/// Guest RAM lives in one memfd per host node, bound there (mbind MPOL_BIND): in memtide's
+/// numa_maps every `memtide-nodeH` mapping says `bind:H` and has pages on node H only.
+fn host_memory_is_node_bound(host: &KvmHost, label: &str) -> Result<()> {
+    let out = host.check(
+        "grep memfd:memtide-node /proc/$(pidof memtide)/numa_maps",
+        Duration::from_secs(20),
+    )?;
+    let mut seen = Vec::new();
+    for line in &out.lines {
+        let h: u32 = line
+            .split("memfd:memtide-node")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("{label}: no node in {line:?}"));
+        assert!(line.contains(&format!("bind:{h} ")), "{label}: {line}");
+        for w in line.split_whitespace() {
+            if let Some(rest) = w.strip_prefix('N') {
+                if let Some((n, _)) = rest.split_once('=') {
+                    assert_eq!(
+                        n,
+                        h.to_string(),
+                        "{label}: pages of node {h}'s memfd elsewhere: {line}"
+                    );
+                }
+            }
+        }
+        seen.push(h);
+    }
+    seen.sort_unstable();
+    seen.dedup();
+    say(&format!(
+        "{label}: guest RAM mappings bound to host nodes {seen:?}"
+    ));
+    assert_eq!(seen, vec![0, 1], "{label}: both host nodes back the guest");
     Ok(())
 }
 
