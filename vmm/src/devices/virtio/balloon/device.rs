@@ -18,8 +18,8 @@ use super::queues::{
 use super::stats::{BalloonStats, MAX_STATS_BYTES};
 use super::target::{pages_for_balloon_size, TargetError};
 use super::{
-    VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_BALLOON_F_REPORTING,
-    VIRTIO_BALLOON_F_STATS_VQ,
+    VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_BALLOON_F_PAGE_POISON,
+    VIRTIO_BALLOON_F_REPORTING, VIRTIO_BALLOON_F_STATS_VQ,
 };
 use crate::devices::virtio::{
     ActivateError, FeatureError, VirtioDevice, VirtioGuestMemory, VirtioInterrupt,
@@ -29,9 +29,11 @@ use crate::devices::virtio::{
 /// Maximum size of every balloon queue (Linux needs one buffer per queue at a time; the free
 /// page reporting queue takes up to 32 descriptors per report).
 pub const QUEUE_SIZE: u16 = 256;
-/// Size of the configuration space memtide exposes: `num_pages` and `actual`
-/// (`free_page_hint_cmd_id` and `poison_val` exist only with features memtide does not offer).
-pub const CONFIG_SIZE: usize = 8;
+/// Size of the configuration space (`struct virtio_balloon_config`): `num_pages`, `actual`,
+/// `free_page_hint_cmd_id` (always 0: free page hinting is not offered) and `poison_val`
+/// (written by the driver when `VIRTIO_BALLOON_F_PAGE_POISON` is offered, i.e. with free page
+/// reporting).
+pub const CONFIG_SIZE: usize = 16;
 /// Pfns read from an inflate/deflate buffer per step (Linux sends at most 256 per buffer).
 const PFN_BATCH: usize = 1024;
 /// The most pfns one inflate/deflate buffer may carry (1 GiB of pages; Linux sends 256): the
@@ -62,6 +64,7 @@ pub struct VirtioBalloon<B: BalloonBackend> {
     queue_sizes: Vec<u16>,
     num_pages: u32,
     actual: u32,
+    poison_val: u32,
     backend: B,
     interrupt: Arc<VirtioInterrupt>,
     acked_features: u64,
@@ -100,6 +103,7 @@ impl<B: BalloonBackend> VirtioBalloon<B> {
             queue_sizes: Vec::new(),
             num_pages: config.target_pages,
             actual: 0,
+            poison_val: 0,
             backend,
             interrupt,
             acked_features: 0,
@@ -125,7 +129,10 @@ impl<B: BalloonBackend> VirtioBalloon<B> {
             f |= VIRTIO_BALLOON_F_DEFLATE_ON_OOM;
         }
         if self.config.free_page_reporting {
-            f |= VIRTIO_BALLOON_F_REPORTING;
+            // PAGE_POISON comes with reporting: Linux drops reporting when the guest poisons
+            // or zeroes free pages (page_poison=1, init_on_free=1) and the device cannot be
+            // told the poison value.
+            f |= VIRTIO_BALLOON_F_REPORTING | VIRTIO_BALLOON_F_PAGE_POISON;
         }
         f
     }
@@ -159,6 +166,11 @@ impl<B: BalloonBackend> VirtioBalloon<B> {
     /// `actual`: the balloon size the driver reports, in 4 KiB pages.
     pub fn actual_pages(&self) -> u32 {
         self.actual
+    }
+
+    /// `poison_val`: the value the guest fills free pages with (0: none, or zeroes).
+    pub fn poison_val(&self) -> u32 {
+        self.poison_val
     }
 
     /// The pages the device holds in the balloon (inflated and discarded, not deflated);
@@ -256,6 +268,7 @@ impl<B: BalloonBackend> VirtioBalloon<B> {
         let mut c = [0u8; CONFIG_SIZE];
         c[0..4].copy_from_slice(&self.num_pages.to_le_bytes());
         c[4..8].copy_from_slice(&self.actual.to_le_bytes());
+        c[12..16].copy_from_slice(&self.poison_val.to_le_bytes());
         c
     }
 
@@ -372,6 +385,11 @@ impl<B: BalloonBackend> VirtioBalloon<B> {
         mem: &VirtioGuestMemory,
     ) {
         self.counters.reports += 1;
+        // A guest that poisons free pages (poison_val != 0) checks the poison when it
+        // allocates them again: discarding would turn them into zeroes (virtio 1.2 section
+        // 5.5.6, Page Poison), so such reports are acknowledged and counted without a discard.
+        let keep_contents =
+            self.acked_features & VIRTIO_BALLOON_F_PAGE_POISON != 0 && self.poison_val != 0;
         let mut budget = MAX_REPORT_BYTES;
         let mut oversized = false;
         for desc in chain {
@@ -391,6 +409,10 @@ impl<B: BalloonBackend> VirtioBalloon<B> {
             let (ranges, skipped) = backed_ranges(start, end, mem, |r| backend.is_backed(r));
             self.counters.invalid_report_bytes += skipped;
             for r in ranges {
+                if keep_contents {
+                    self.counters.kept_report_bytes += r.len;
+                    continue;
+                }
                 for piece in self.outside_balloon(r) {
                     match self.backend.discard(piece, DiscardKind::Reported) {
                         Ok(()) => self.counters.reported_bytes += piece.len,
@@ -523,14 +545,18 @@ impl<B: BalloonBackend> VirtioDevice for VirtioBalloon<B> {
         }
     }
 
-    /// Only `actual` (bytes 4..8) is writable by the driver (virtio 1.2 section 5.5.4); bytes
-    /// written elsewhere are ignored and counted.
+    /// The driver may write `actual` (bytes 4..8, virtio 1.2 section 5.5.4) and, when
+    /// `VIRTIO_BALLOON_F_PAGE_POISON` is offered, `poison_val` (bytes 12..16); bytes written
+    /// elsewhere are ignored and counted.
     fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let poison_writable = self.offered_features() & VIRTIO_BALLOON_F_PAGE_POISON != 0;
         let mut actual = self.actual.to_le_bytes();
+        let mut poison = self.poison_val.to_le_bytes();
         let mut ignored = false;
         for (i, &b) in data.iter().enumerate() {
             match offset.checked_add(i as u64) {
                 Some(pos @ 4..=7) => actual[(pos - 4) as usize] = b,
+                Some(pos @ 12..=15) if poison_writable => poison[(pos - 12) as usize] = b,
                 _ => ignored = true,
             }
         }
@@ -538,8 +564,10 @@ impl<B: BalloonBackend> VirtioDevice for VirtioBalloon<B> {
             self.counters.ignored_config_writes += 1;
         }
         let actual = u32::from_le_bytes(actual);
-        if actual != self.actual {
+        let poison = u32::from_le_bytes(poison);
+        if actual != self.actual || poison != self.poison_val {
             self.actual = actual;
+            self.poison_val = poison;
             self.interrupt.bump_config_generation();
         }
     }
@@ -619,6 +647,7 @@ impl<B: BalloonBackend> VirtioDevice for VirtioBalloon<B> {
         self.stats_buffer = None;
         self.stats_request_pending = false;
         self.actual = 0;
+        self.poison_val = 0;
     }
 }
 

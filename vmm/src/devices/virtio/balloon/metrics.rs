@@ -56,6 +56,8 @@ pub struct BalloonCounters {
     pub reset_reclaimed_pages: u64,
     /// Bytes reported free by free page reporting and discarded.
     pub reported_bytes: u64,
+    /// Bytes reported free but kept, because the guest poisons free pages (`poison_val` not 0).
+    pub kept_report_bytes: u64,
     /// Free page reports (descriptor chains) handled.
     pub reports: u64,
     /// Inflate/deflate buffers (descriptor chains) handled.
@@ -100,12 +102,13 @@ impl BalloonCounters {
     }
 
     /// Every counter as `(name, value)` (e.g. for /metrics).
-    pub fn named_values(&self) -> [(&'static str, u64); 16] {
+    pub fn named_values(&self) -> [(&'static str, u64); 17] {
         [
             ("inflated_pages", self.inflated_pages),
             ("deflated_pages", self.deflated_pages),
             ("reset_reclaimed_pages", self.reset_reclaimed_pages),
             ("reported_bytes", self.reported_bytes),
+            ("kept_report_bytes", self.kept_report_bytes),
             ("reports", self.reports),
             ("pfn_buffers", self.pfn_buffers),
             ("invalid_pfns", self.invalid_pfns),

@@ -1,7 +1,7 @@
 //! The virtio-balloon device (virtio 1.2 section 5.5, device id 5): the guest gives 4 KiB
 //! pages to the host (inflate) and takes them back (deflate), towards the host's target
 //! `num_pages`; optionally it reports statistics (stats queue), deflates under memory pressure
-//! (deflate on OOM) and reports free pages (free page reporting).
+//! (deflate on OOM) and reports free pages (free page reporting, with page poison).
 //!
 //! memtide's balloon hands scattered pages back: virtio-mem moves whole movable blocks, the
 //! balloon returns what is left in between and tells the host how much each guest needs.
@@ -68,7 +68,8 @@ pub const VIRTIO_BALLOON_F_STATS_VQ: u64 = 1 << 1;
 pub const VIRTIO_BALLOON_F_DEFLATE_ON_OOM: u64 = 1 << 2;
 /// `VIRTIO_BALLOON_F_FREE_PAGE_HINT` (never offered by memtide; listed for queue numbering).
 pub const VIRTIO_BALLOON_F_FREE_PAGE_HINT: u64 = 1 << 3;
-/// `VIRTIO_BALLOON_F_PAGE_POISON` (never offered by memtide).
+/// `VIRTIO_BALLOON_F_PAGE_POISON`: the driver tells `poison_val`, the contents of its free
+/// pages (offered with free page reporting).
 pub const VIRTIO_BALLOON_F_PAGE_POISON: u64 = 1 << 4;
 /// `VIRTIO_BALLOON_F_REPORTING` (the spec's `VIRTIO_BALLOON_F_PAGE_REPORTING`): free page
 /// reporting queue.

@@ -1,4 +1,4 @@
-//! Guest memory statistics from the stats queue (virtio 1.2 section 5.5.6.3).
+//! Guest memory statistics from the stats queue (virtio 1.2 section 5.5.6, Memory Statistics).
 //!
 //! The protocol runs backwards: the driver primes the queue with one buffer of
 //! `struct virtio_balloon_stat { le16 tag; le64 val; }` entries (packed, 10 bytes each); the

@@ -373,7 +373,11 @@ fn identity_features_and_queue_counts() {
     let cases = [
         (config(false, false), 2, 0),
         (config(true, false), 3, VIRTIO_BALLOON_F_STATS_VQ),
-        (config(false, true), 3, VIRTIO_BALLOON_F_REPORTING),
+        (
+            config(false, true),
+            3,
+            VIRTIO_BALLOON_F_REPORTING | VIRTIO_BALLOON_F_PAGE_POISON,
+        ),
         (
             VirtioBalloonConfig {
                 deflate_on_oom: true,
@@ -382,6 +386,7 @@ fn identity_features_and_queue_counts() {
             4,
             VIRTIO_BALLOON_F_STATS_VQ
                 | VIRTIO_BALLOON_F_REPORTING
+                | VIRTIO_BALLOON_F_PAGE_POISON
                 | VIRTIO_BALLOON_F_DEFLATE_ON_OOM,
         ),
     ];
@@ -740,13 +745,22 @@ fn target_and_actual_in_the_configuration_space() {
         0x01e8,
         "byte 1 of 1000 (0x3e8) replaced"
     );
-    // num_pages is read-only for the driver; writes past the space are ignored.
+    // num_pages and free_page_hint_cmd_id are read-only for the driver, poison_val is
+    // writable only with PAGE_POISON offered (not here), writes past the space are ignored.
     write32(&mut h.t, VIRTIO_MMIO_CONFIG, 7);
-    h.t.write(u64::from(VIRTIO_MMIO_CONFIG) + 8, &[1, 2, 3, 4]);
+    write32(&mut h.t, VIRTIO_MMIO_CONFIG + 8, 7);
+    write32(&mut h.t, VIRTIO_MMIO_CONFIG + 12, 7);
+    h.t.write(u64::from(VIRTIO_MMIO_CONFIG) + 16, &[1, 2, 3, 4]);
     assert_eq!(h.dev().target_pages(), 65536);
-    assert_eq!(h.dev().counters().ignored_config_writes, 2);
-    let mut wide = [0xffu8; 16];
+    assert_eq!(h.dev().poison_val(), 0);
+    assert_eq!(h.dev().counters().ignored_config_writes, 4);
+    let mut wide = [0xffu8; 24];
     h.t.read(u64::from(VIRTIO_MMIO_CONFIG), &mut wide);
+    assert_eq!(
+        &wide[8..CONFIG_SIZE],
+        &[0u8; 8],
+        "hint id and poison_val read 0"
+    );
     assert_eq!(
         &wide[CONFIG_SIZE..],
         &[0u8; 8],
@@ -1329,4 +1343,49 @@ fn a_long_stats_interval_starts_at_the_startup_period_until_values_arrive() {
         !timer.lock().expect("lock").is_starting(),
         "back to the configured interval"
     );
+}
+
+#[test]
+fn reports_of_a_guest_that_poisons_free_pages_are_kept() {
+    let mem = balloon_memory();
+    let mut h = Harness::start(&mem, config(false, true));
+    assert_ne!(h.dev().acked_features() & VIRTIO_BALLOON_F_PAGE_POISON, 0);
+    let report = |h: &mut Harness<'_>| {
+        h.submit(
+            QueueRole::Reporting,
+            &[Buf {
+                addr: 4 * MIB,
+                len: (2 * MIB) as u32,
+                write: true,
+            }],
+        )
+    };
+    // Linux writes PAGE_POISON (0xaa) repeated when page poisoning is on.
+    write32(&mut h.t, VIRTIO_MMIO_CONFIG + 12, 0xaaaa_aaaa);
+    assert_eq!(h.dev().poison_val(), 0xaaaa_aaaa);
+    assert_eq!(h.read_config_u32(12), 0xaaaa_aaaa);
+    assert_eq!(
+        report(&mut h).map(|u| u.1),
+        Some(0),
+        "acknowledged all the same"
+    );
+    assert!(
+        h.backend().discards.is_empty(),
+        "poisoned pages keep their contents"
+    );
+    assert_eq!(h.dev().counters().kept_report_bytes, 2 * MIB);
+    assert_eq!(h.dev().counters().reported_bytes, 0);
+    // init_on_free guests write 0: zero-filled refaults are what they expect.
+    write32(&mut h.t, VIRTIO_MMIO_CONFIG + 12, 0);
+    report(&mut h);
+    assert_eq!(h.dev().counters().reported_bytes, 2 * MIB);
+    // A reset forgets the poison value.
+    write32(&mut h.t, VIRTIO_MMIO_CONFIG + 12, 0x55);
+    write32(&mut h.t, VIRTIO_MMIO_STATUS, 0);
+    assert_eq!(h.dev().poison_val(), 0);
+
+    // A driver that does not accept PAGE_POISON still gets reporting, with discards.
+    let (mut t, _) = transport(&mem, config(false, true), TestBackend::default());
+    let offered = device_features(&mut t);
+    assert!(negotiate(&mut t, offered & !VIRTIO_BALLOON_F_PAGE_POISON));
 }
