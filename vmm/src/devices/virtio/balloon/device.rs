@@ -520,9 +520,10 @@ impl<B: BalloonBackend> VirtioDevice for VirtioBalloon<B> {
 
     /// The transport needs every queue the device declared to be ready, and the device
     /// declares the queues of every feature it offers: a driver that leaves out a queue
-    /// feature (e.g. Linux drops free page reporting when the guest runs with `init_on_free`
-    /// and memtide does not offer `PAGE_POISON`) is refused here, at FEATURES_OK, rather than
-    /// failing activation later.
+    /// feature is refused here, at FEATURES_OK, rather than failing activation later. (Linux
+    /// accepts both queue features whenever offered: it would drop free page reporting only
+    /// for a guest that poisons free pages without `PAGE_POISON` offered, which memtide
+    /// offers with reporting.)
     fn check_features(&self, acked: u64) -> Result<(), FeatureError> {
         let queue_features =
             self.offered_features() & (VIRTIO_BALLOON_F_STATS_VQ | VIRTIO_BALLOON_F_REPORTING);
