@@ -104,22 +104,52 @@ impl<T: BalloonBackend + ?Sized> BalloonBackend for Box<T> {
     }
 }
 
+/// Which guest ranges a [`HostMappingBackend`] may touch besides being guest memory.
+pub type BackedCheck = Box<dyn Fn(GuestRange) -> bool + Send>;
+
 /// A backend that frees the host pages behind a range through the VMM's mapping of guest
 /// RAM: `madvise(MADV_REMOVE)` on shared file mappings (memfd: punches the pages out of the
-/// file), `MADV_DONTNEED` on private anonymous ones. Every range of guest memory counts as
-/// backed; `reclaim` has nothing to do (the next guest touch faults a zeroed page in).
-#[derive(Debug, Clone)]
+/// file), `MADV_DONTNEED` on private anonymous ones. `reclaim` has nothing to do (the next
+/// guest touch faults a zeroed page in).
+///
+/// A range counts as backed when it is guest memory and the optional check agrees. Guest
+/// memory with parts that are not mapped to this VM's memory (unplugged virtio-mem blocks,
+/// `PROT_NONE` over pool memory that may belong to someone else) needs that check: a punch
+/// there would free memory of another owner.
 pub struct HostMappingBackend {
     mem: VirtioGuestMemory,
+    check: Option<BackedCheck>,
+}
+
+impl std::fmt::Debug for HostMappingBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostMappingBackend")
+            .field("regions", &self.mem.num_regions())
+            .field("check", &self.check.is_some())
+            .finish()
+    }
 }
 
 impl HostMappingBackend {
-    /// Discards through the mappings of `mem` (the VMM's guest memory).
+    /// Discards through the mappings of `mem` (the VMM's guest memory), all of which is
+    /// mapped to this VM's memory.
     pub fn new(mem: VirtioGuestMemory) -> Self {
-        HostMappingBackend { mem }
+        HostMappingBackend { mem, check: None }
+    }
+
+    /// Discards through the mappings of `mem`, only where `check` says the range is backed
+    /// by this VM's memory (e.g. plugged virtio-mem blocks).
+    pub fn with_check(mem: VirtioGuestMemory, check: BackedCheck) -> Self {
+        HostMappingBackend {
+            mem,
+            check: Some(check),
+        }
     }
 
     fn host_range(&self, range: GuestRange) -> Result<(*mut u8, usize), String> {
+        if !self.is_backed(range) {
+            return Err("not backed guest memory".into());
+        }
         let len = usize::try_from(range.len).map_err(|_| "length overflows usize".to_string())?;
         let region = self
             .mem
@@ -143,6 +173,7 @@ impl HostMappingBackend {
 impl BalloonBackend for HostMappingBackend {
     fn is_backed(&self, range: GuestRange) -> bool {
         usize::try_from(range.len).is_ok_and(|len| self.mem.check_range(range.addr, len))
+            && self.check.as_ref().is_none_or(|check| check(range))
     }
 
     fn discard(

@@ -1063,6 +1063,21 @@ fn host_mapping_backend_drops_anonymous_pages() {
         .is_err());
     b.reclaim(GuestRange::new(64 * MIB, 4096))
         .expect("nothing to do");
+    // With a check (e.g. plugged virtio-mem blocks only), nothing else is touched.
+    mem.write_slice(&[9u8; 4096], GuestAddress(65 * MIB))
+        .expect("write");
+    let mut b =
+        HostMappingBackend::with_check(mem.clone(), Box::new(|r: GuestRange| r.end() <= 65 * MIB));
+    assert!(b.is_backed(GuestRange::new(64 * MIB, MIB)));
+    assert!(!b.is_backed(GuestRange::new(64 * MIB, MIB + 4096)));
+    assert!(b
+        .discard(GuestRange::new(65 * MIB, 4096), DiscardKind::Reported)
+        .is_err());
+    let mut one = [0u8; 1];
+    mem.read_slice(&mut one, GuestAddress(65 * MIB))
+        .expect("read");
+    assert_eq!(one, [9], "an unbacked page keeps its contents");
+    assert!(format!("{b:?}").contains("check: true"));
     // The regions the tests rely on.
     assert_eq!(mem.num_regions(), 3);
     assert_eq!(mem.iter().map(|r| r.len()).sum::<u64>(), 28 * MIB);
