@@ -1,8 +1,8 @@
 //! Everything a VMM does to put one balloon into a VM, in one call: the irqfd, the device and
-//! its transport, the ioeventfd queue notifiers, the stats timer and the DSDT object. What is
-//! left to the VMM: route MMIO exits of the window to [`AttachedBalloon::mmio_read`] /
-//! [`AttachedBalloon::mmio_write`], add [`AttachedBalloon::take_subscribers`] to its event
-//! loop, and put [`AttachedBalloon::acpi`] into the DSDT.
+//! its transport, the queue notification path, the statistics polling and the DSDT object.
+//! What is left to the VMM: route MMIO exits of the window to [`AttachedBalloon::mmio_read`] /
+//! [`AttachedBalloon::mmio_write`], put [`AttachedBalloon::acpi`] into the DSDT, and with
+//! [`NotifyMode::EventLoop`] add [`AttachedBalloon::take_subscribers`] to its event loop.
 
 use std::sync::{Arc, Mutex};
 
@@ -12,7 +12,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::BalloonBackend;
 use super::device::{VirtioBalloon, VirtioBalloonConfig};
-use super::event_handler::{StatsTimer, StatsTimerError};
+use super::event_handler::{StatsPoller, StatsTimer, StatsTimerError};
 use crate::devices::virtio::acpi::{AcpiDescriptionError, VirtioMmioAcpi};
 use crate::devices::virtio::event_handler::{
     register_queue_notifiers, NotifyError, QueueNotifyHandler,
@@ -29,6 +29,19 @@ pub struct BalloonPlacement {
     pub base: u64,
     /// The IOAPIC input the device interrupts on (through an irqfd).
     pub gsi: u32,
+}
+
+/// How queue notifications and statistics requests reach the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyMode {
+    /// The VMM runs an event loop for device subscribers: QueueNotify writes complete in KVM
+    /// on ioeventfds, and a timerfd asks for statistics; both are subscribers from
+    /// [`AttachedBalloon::take_subscribers`], which the VMM must add to its loop (else the
+    /// device never hears of the driver's buffers).
+    EventLoop,
+    /// No event loop: QueueNotify writes arrive as MMIO exits (no ioeventfd is registered),
+    /// and a thread of the balloon's own ([`StatsPoller`]) asks for statistics.
+    MmioExits,
 }
 
 /// Why the balloon could not be attached. Bad placements and intervals are refused before
@@ -65,6 +78,7 @@ pub struct AttachedBalloon<B: BalloonBackend + 'static> {
     placement: BalloonPlacement,
     notifier: Option<QueueNotifyHandler<VirtioBalloon<B>>>,
     stats_timer: Option<StatsTimer<B>>,
+    stats_poller: Option<StatsPoller>,
 }
 
 impl<B: BalloonBackend + 'static> std::fmt::Debug for AttachedBalloon<B> {
@@ -72,16 +86,19 @@ impl<B: BalloonBackend + 'static> std::fmt::Debug for AttachedBalloon<B> {
         f.debug_struct("AttachedBalloon")
             .field("placement", &self.placement)
             .field("stats_timer", &self.stats_timer.is_some())
+            .field("stats_poller", &self.stats_poller.is_some())
             .finish()
     }
 }
 
 /// Creates the balloon of `config` over `backend` at `placement` in the VM of `vm`, whose
-/// guest RAM is `mem`. The VM needs its in-kernel irqchip already (KVM_CREATE_IRQCHIP).
+/// guest RAM is `mem`, with notifications as `mode` says. The VM needs its in-kernel irqchip
+/// already (KVM_CREATE_IRQCHIP).
 pub fn attach<B: BalloonBackend + 'static>(
     vm: &VmFd,
     mem: VirtioGuestMemory,
     placement: BalloonPlacement,
+    mode: NotifyMode,
     config: VirtioBalloonConfig,
     backend: B,
 ) -> Result<AttachedBalloon<B>, AttachError> {
@@ -101,19 +118,31 @@ pub fn attach<B: BalloonBackend + 'static>(
     let device = VirtioBalloon::new(config, backend, irq.clone());
     let queues = device.queue_max_sizes().len();
     let transport = Arc::new(Mutex::new(MmioTransport::new(device, mem, irq)?));
-    let notifiers = register_queue_notifiers(vm, placement.base, queues)?;
-    let notifier = QueueNotifyHandler::new(transport.clone(), notifiers);
-    let stats_timer = config
-        .stats_interval
-        .map(|interval| StatsTimer::new(transport.clone(), interval))
-        .transpose()?;
-    Ok(AttachedBalloon {
-        transport,
+    let mut attached = AttachedBalloon {
+        transport: transport.clone(),
         acpi,
         placement,
-        notifier: Some(notifier),
-        stats_timer,
-    })
+        notifier: None,
+        stats_timer: None,
+        stats_poller: None,
+    };
+    match mode {
+        NotifyMode::EventLoop => {
+            let notifiers = register_queue_notifiers(vm, placement.base, queues)?;
+            attached.notifier = Some(QueueNotifyHandler::new(transport.clone(), notifiers));
+            attached.stats_timer = config
+                .stats_interval
+                .map(|interval| StatsTimer::new(transport.clone(), interval))
+                .transpose()?;
+        }
+        NotifyMode::MmioExits => {
+            attached.stats_poller = config
+                .stats_interval
+                .map(|interval| StatsPoller::spawn(transport.clone(), interval))
+                .transpose()?;
+        }
+    }
+    Ok(attached)
 }
 
 impl<B: BalloonBackend + 'static> AttachedBalloon<B> {
@@ -152,8 +181,9 @@ impl<B: BalloonBackend + 'static> AttachedBalloon<B> {
         self.transport.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The event-loop subscribers (queue notifiers, stats timer) for the VMM's event manager;
-    /// empty on a second call.
+    /// The event-loop subscribers (queue notifiers, stats timer) for the VMM's event manager
+    /// ([`NotifyMode::EventLoop`]); empty on a second call and with
+    /// [`NotifyMode::MmioExits`].
     pub fn take_subscribers(&mut self) -> Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>> {
         let mut subs: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>> = Vec::new();
         if let Some(n) = self.notifier.take() {
@@ -202,6 +232,7 @@ mod tests {
             &vm,
             mem.clone(),
             placement,
+            NotifyMode::EventLoop,
             config,
             HostMappingBackend::new(mem),
         )
@@ -241,10 +272,31 @@ mod tests {
                 gsi: 10,
                 ..placement
             },
+            NotifyMode::EventLoop,
             VirtioBalloonConfig::default(),
-            HostMappingBackend::new(mem),
+            HostMappingBackend::new(mem.clone()),
         );
         assert!(matches!(again, Err(AttachError::Notify(_))), "{again:?}");
+        // Without an event loop the same window needs no ioeventfd, and stats come from a
+        // thread the balloon owns.
+        let config = VirtioBalloonConfig {
+            stats_interval: Some(Duration::from_secs(5)),
+            ..VirtioBalloonConfig::default()
+        };
+        let mut exits = attach(
+            &vm,
+            mem.clone(),
+            BalloonPlacement {
+                gsi: 11,
+                ..placement
+            },
+            NotifyMode::MmioExits,
+            config,
+            HostMappingBackend::new(mem),
+        )
+        .expect("attached without ioeventfds");
+        assert!(exits.take_subscribers().is_empty());
+        assert!(format!("{exits:?}").contains("stats_poller: true"));
     }
 
     #[test]
@@ -268,6 +320,7 @@ mod tests {
                 &vm,
                 mem.clone(),
                 p,
+                NotifyMode::MmioExits,
                 VirtioBalloonConfig::default(),
                 HostMappingBackend::new(mem.clone()),
             );
@@ -286,6 +339,7 @@ mod tests {
             &vm,
             mem.clone(),
             p,
+            NotifyMode::MmioExits,
             zero,
             HostMappingBackend::new(mem.clone()),
         );

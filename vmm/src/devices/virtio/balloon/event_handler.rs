@@ -1,8 +1,10 @@
-//! The balloon's epoll glue besides queue notifications (which the generic
-//! [`crate::devices::virtio::event_handler::QueueNotifyHandler`] handles): a timerfd that asks
-//! the driver for fresh statistics at the configured interval.
+//! Asking the driver for fresh statistics at the configured interval, in either of two ways:
+//! [`StatsTimer`], a timerfd subscriber for an event loop (besides the generic
+//! [`crate::devices::virtio::event_handler::QueueNotifyHandler`]), or [`StatsPoller`], a
+//! thread of its own for a VMM whose event loop takes no device subscribers.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -74,20 +76,115 @@ impl<B: BalloonBackend> StatsTimer<B> {
     /// One tick: ask the driver for statistics if the device runs with a stats queue.
     /// Returns whether the stats queue was notified.
     pub fn tick(&self) -> bool {
-        let mut t = self.transport.lock().unwrap_or_else(|p| p.into_inner());
-        if !t.is_activated() {
-            return false;
-        }
-        let Some(index) = t.device_mut().request_stats() else {
-            return false;
-        };
-        t.notify(index as u32);
-        true
+        request_stats_now(&self.transport)
     }
 
     fn has_stats(&self) -> bool {
-        let t = self.transport.lock().unwrap_or_else(|p| p.into_inner());
-        t.device().stats().is_some()
+        has_stats(&self.transport)
+    }
+}
+
+/// Asks the driver of the balloon behind `transport` for statistics now, if the device runs
+/// with a stats queue: the held buffer goes back (through [`MmioTransport::notify`] of the
+/// stats queue). Returns whether the stats queue was notified.
+pub fn request_stats_now<B: BalloonBackend>(
+    transport: &Mutex<MmioTransport<VirtioBalloon<B>>>,
+) -> bool {
+    let mut t = transport.lock().unwrap_or_else(|p| p.into_inner());
+    if !t.is_activated() {
+        return false;
+    }
+    let Some(index) = t.device_mut().request_stats() else {
+        return false;
+    };
+    t.notify(index as u32);
+    true
+}
+
+fn has_stats<B: BalloonBackend>(transport: &Mutex<MmioTransport<VirtioBalloon<B>>>) -> bool {
+    let t = transport.lock().unwrap_or_else(|p| p.into_inner());
+    t.device().stats().is_some()
+}
+
+/// A thread that asks for statistics every interval (every [`STARTUP_PERIOD`] until the
+/// first values arrived, as [`StatsTimer`]). [`StatsPoller::stop`] stops and joins it;
+/// dropping it only tells it to stop (it ends at its next wake-up), so dropping is safe while
+/// holding the transport lock.
+pub struct StatsPoller {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for StatsPoller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatsPoller")
+            .field("running", &self.thread.is_some())
+            .finish()
+    }
+}
+
+impl StatsPoller {
+    /// Starts polling the balloon behind `transport` every `interval`.
+    pub fn spawn<B: BalloonBackend + 'static>(
+        transport: Arc<Mutex<MmioTransport<VirtioBalloon<B>>>>,
+        interval: Duration,
+    ) -> Result<Self, StatsTimerError> {
+        if interval.is_zero() {
+            return Err(StatsTimerError::ZeroInterval(interval));
+        }
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("balloon-stats".into())
+            .spawn(move || {
+                let mut period = interval.min(STARTUP_PERIOD);
+                let (lock, cvar) = &*flag;
+                loop {
+                    {
+                        // The stop flag is not held while ticking: a thread that drops the
+                        // poller while holding the transport lock must not deadlock.
+                        let stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                        let (stopped, _) = cvar
+                            .wait_timeout_while(stopped, period, |s| !*s)
+                            .unwrap_or_else(|p| p.into_inner());
+                        if *stopped {
+                            return;
+                        }
+                    }
+                    request_stats_now(&transport);
+                    if period != interval && has_stats(&transport) {
+                        period = interval;
+                    }
+                }
+            })
+            .map_err(StatsTimerError::Timer)?;
+        Ok(StatsPoller {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl StatsPoller {
+    /// Stops the thread and waits for it. Must not be called while holding the transport
+    /// lock (the thread may be waiting for it).
+    pub fn stop(mut self) {
+        self.signal_stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    fn signal_stop(&self) {
+        let (lock, cvar) = &*self.stop;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cvar.notify_all();
+    }
+}
+
+impl Drop for StatsPoller {
+    fn drop(&mut self) {
+        self.signal_stop();
     }
 }
 

@@ -21,8 +21,9 @@
 //!
 //! Wiring one balloon into a VM: [`attach()`] creates everything of steps 1-3 below in one
 //! call, leaving the VMM to route MMIO exits to `AttachedBalloon::mmio_read/mmio_write`, add
-//! `take_subscribers()` to its event loop and `acpi` to the DSDT. By hand (steps as for
-//! virtio-mem in [`crate::devices::virtio`]):
+//! `acpi` to the DSDT and, with [`NotifyMode::EventLoop`], `take_subscribers()` to its event
+//! loop ([`NotifyMode::MmioExits`] needs no loop: no ioeventfds, a stats thread). By hand
+//! (steps as for virtio-mem in [`crate::devices::virtio`]):
 //! 1. `let irq = Arc::new(VirtioInterrupt::new(Box::new(irqfd)));`
 //!    `let dev = VirtioBalloon::new(config, backend, irq.clone());`
 //!    `let transport = Arc::new(Mutex::new(MmioTransport::new(dev, guest_memory, irq)?));`
@@ -30,7 +31,8 @@
 //!    `event_handler::register_queue_notifiers(&vm_fd, base, dev_queue_count)` (the count is
 //!    `transport.device().queue_max_sizes().len()`) and a `QueueNotifyHandler`, add
 //!    `VirtioMmioAcpi` to the DSDT.
-//! 3. If `config.stats_interval` is set, add a [`event_handler::StatsTimer`] to the event loop.
+//! 3. If `config.stats_interval` is set, add a [`event_handler::StatsTimer`] to the event loop,
+//!    or start an [`event_handler::StatsPoller`] thread.
 //! 4. Control: `device_mut().set_target_pages(n)` / `.set_balloon_size(bytes)`;
 //!    read `.info()` (or `.actual_pages()`, `.ballooned_bytes()`, `.stats()`, `.counters()`).
 
@@ -47,7 +49,7 @@ pub mod target;
 #[cfg(test)]
 mod tests;
 
-pub use attach::{attach, AttachError, AttachedBalloon, BalloonPlacement};
+pub use attach::{attach, AttachError, AttachedBalloon, BalloonPlacement, NotifyMode};
 pub use backend::{
     BalloonBackend, BalloonBackendError, DiscardKind, GuestRange, HostMappingBackend,
 };

@@ -19,7 +19,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::backend::{BalloonBackend, BalloonBackendError, DiscardKind, GuestRange};
 use super::device::{VirtioBalloon, VirtioBalloonConfig, CONFIG_SIZE, QUEUE_SIZE};
-use super::event_handler::{StatsTimer, StatsTimerError};
+use super::event_handler::{StatsPoller, StatsTimer, StatsTimerError};
 use super::pages::{PfnRun, BALLOON_PAGE_SIZE};
 use super::queues::{queue_roles, QueueRole};
 use super::stats::*;
@@ -1403,4 +1403,47 @@ fn reports_of_a_guest_that_poisons_free_pages_are_kept() {
     let (mut t, _) = transport(&mem, config(false, true), TestBackend::default());
     let offered = device_features(&mut t);
     assert!(negotiate(&mut t, offered & !VIRTIO_BALLOON_F_PAGE_POISON));
+}
+
+#[test]
+fn the_stats_poller_thread_requests_stats_and_stops_on_drop() {
+    let mem = balloon_memory();
+    let mut h = Harness::start(&mem, config(true, false));
+    h.send_stats(&[(VIRTIO_BALLOON_S_MEMFREE, 1)]);
+    let Harness { t, mut queues, .. } = h;
+    let transport = Arc::new(Mutex::new(t));
+    assert!(matches!(
+        StatsPoller::spawn(transport.clone(), Duration::ZERO),
+        Err(StatsTimerError::ZeroInterval(_))
+    ));
+    let poller = StatsPoller::spawn(transport.clone(), Duration::from_millis(2)).expect("thread");
+    // Wait (up to 5 s) for the first request: the buffer comes back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut returned = None;
+    while returned.is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+        let _t = transport.lock().expect("lock");
+        returned = queues[2].q.take_used();
+    }
+    assert_eq!(
+        returned.map(|u| u.1),
+        Some(0),
+        "buffer returned by the poller"
+    );
+    // Dropping while this thread holds the transport lock must not deadlock; the thread
+    // ends (and lets go of the transport) soon after.
+    let guard = transport.lock().expect("lock");
+    drop(poller);
+    assert_eq!(guard.device().counters().stats_requests, 1);
+    drop(guard);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&transport) > 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(Arc::strong_count(&transport), 1, "the poller thread ended");
+    // stop() joins.
+    let poller = StatsPoller::spawn(transport.clone(), Duration::from_secs(60)).expect("thread");
+    assert_eq!(Arc::strong_count(&transport), 2);
+    poller.stop();
+    assert_eq!(Arc::strong_count(&transport), 1, "joined");
 }
