@@ -396,9 +396,11 @@ impl Prepared {
                     bus.clone(),
                     exit.clone(),
                 )?;
-                // KVM's boot vCPU is the one with id 0.
+                // KVM's boot vCPU is the one with id 0; the others wait for INIT/SIPI.
                 if id == 0 {
                     v.setup_boot(mem, kernel.entry)?;
+                } else {
+                    v.setup_ap()?;
                 }
                 vcpus.push(v);
             }
@@ -536,6 +538,9 @@ mod tests {
         for id in 0..2 {
             let v =
                 Vcpu::new(&vm, id, &topo, &cpuid, false, bus.clone(), exit.clone()).expect("vcpu");
+            if id == 1 {
+                v.setup_ap().expect("AP waits for SIPI");
+            }
             if id == 0 {
                 let mut sregs = v.fd().get_sregs().expect("sregs");
                 sregs.cs.base = 0;

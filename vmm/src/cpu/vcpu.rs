@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 
-use kvm_bindings::CpuId;
+use kvm_bindings::{kvm_mp_state, CpuId, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use super::topology::CpuTopology;
@@ -32,6 +32,9 @@ pub enum VcpuError {
     /// Register setup failed.
     #[error("setting registers of vCPU {0}: {1}")]
     Regs(u32, regs::RegsError),
+    /// KVM_SET_MP_STATE failed.
+    #[error("setting MP state {1} of vCPU {0}: {2}")]
+    MpState(u32, u32, kvm_ioctls::Error),
     /// KVM_SET_XCRS failed.
     #[error("setting XCR0 of vCPU {0} to {1:#x}: {2}")]
     Xcr0(u32, u64, kvm_ioctls::Error),
@@ -124,9 +127,22 @@ impl Vcpu {
         Ok(Vcpu { fd, id, bus, exit })
     }
 
-    /// Makes this the boot vCPU: long mode at the kernel's 64-bit `entry`.
+    /// Makes this the boot vCPU: long mode at the kernel's 64-bit `entry`, runnable.
     pub fn setup_boot(&self, mem: &GuestMemory, entry: u64) -> Result<(), VcpuError> {
-        regs::setup_boot_vcpu(&self.fd, mem, entry).map_err(|e| VcpuError::Regs(self.id, e))
+        regs::setup_boot_vcpu(&self.fd, mem, entry).map_err(|e| VcpuError::Regs(self.id, e))?;
+        self.set_mp_state(KVM_MP_STATE_RUNNABLE)
+    }
+
+    /// Makes this an application processor: it waits in the in-kernel LAPIC for the guest's
+    /// INIT/SIPI (`KVM_MP_STATE_UNINITIALIZED`), then starts at the SIPI vector.
+    pub fn setup_ap(&self) -> Result<(), VcpuError> {
+        self.set_mp_state(KVM_MP_STATE_UNINITIALIZED)
+    }
+
+    fn set_mp_state(&self, mp_state: u32) -> Result<(), VcpuError> {
+        self.fd
+            .set_mp_state(kvm_mp_state { mp_state })
+            .map_err(|e| VcpuError::MpState(self.id, mp_state, e))
     }
 
     /// The KVM vCPU fd (for tests and special setups such as real mode).
