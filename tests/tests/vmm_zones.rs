@@ -119,7 +119,7 @@ fn allocator_predicts_the_guests_zoneinfo() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let argv = run_argv(&host, &memtide, &args);
         let mut guest = host
-            .boot_guest(case.label, Duration::from_secs(90), |_| argv.clone())
+            .boot_guest(case.label, Duration::from_secs(150), |_| argv.clone())
             .expect("guest boots to the agent");
         let report = guest.report().expect("agent report");
         let mut compared = 0;
