@@ -48,6 +48,12 @@
 //! * Isolation works on ranges aligned to `MAX_ORDER_NR_PAGES` inside ZONE_MOVABLE; the
 //!   zone span never changes (offlining lowers present/managed only).
 //!
+//! # Locking
+//! Each zone's free-block index and counters are under `zone->lock`, each per-CPU cache
+//! under its own `pcp->lock`; both are spin locks as in the kernel ([`spinlock`]: a plain
+//! store releases them, a waiter yields its CPU after a short spin). Per-CPU paths take the
+//! zone lock inside their own lock (refill, flush), never the other way round.
+
 //! # Invariants (checked by [`Pool::validate`], run by the proptests)
 //! * No page is handed out twice: allocated blocks, free blocks and per-CPU pages are
 //!   pairwise disjoint and cover exactly the present pages of each zone.

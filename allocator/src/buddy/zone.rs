@@ -78,8 +78,8 @@ pub struct Zone {
     pub(crate) pcp: Box<[CacheAligned<SpinLock<PerCpuPages>>]>,
 }
 
-/// Locks a mutex, recovering the data if a panicking thread poisoned it (the zone state is
-/// only mutated in short sections that do not panic on valid input).
+/// Locks a mutex (the hotplug lock and the baseline allocator's), recovering the data if a
+/// panicking thread poisoned it. The zone and per-CPU locks are [`SpinLock`]s.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
