@@ -15,6 +15,7 @@ pub mod cpu;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;
+pub mod hotplug;
 pub mod layout;
 pub mod memory;
 pub mod pause;

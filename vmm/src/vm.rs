@@ -23,6 +23,7 @@ use crate::devices::shutdown::{AcpiShutdown, I8042Reset, I8042_PORT, SHUTDOWN_PO
 use crate::devices::{BusError, PioBus};
 use crate::event_loop::{EventLoop, EventLoopError};
 use crate::exit::{ExitReason, ExitSignal};
+use crate::hotplug::{HotplugError, VmHotplug, DEFAULT_BLOCK_SIZE};
 use crate::layout::{GuestMemoryMap, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::memory::backing::BackingAllocator;
 use crate::memory::host::{host_node_bytes, host_node_exists, HostMemory, HostMemoryError};
@@ -92,6 +93,12 @@ pub enum VmError {
     /// Writing the command line into guest memory failed.
     #[error("writing the command line: {0}")]
     CmdlineLoad(linux_loader::loader::Error),
+    /// virtio-mem could not be wired in.
+    #[error(transparent)]
+    Hotplug(#[from] HotplugError),
+    /// Hot-pluggable memory was asked for without a pool to take it from.
+    #[error("guest node {0} has hotplug_size set, but this VM has no memory pool for it")]
+    HotplugWithoutPool(u32),
 }
 
 impl VmError {
@@ -164,6 +171,7 @@ pub struct Vm {
     serial_input: bool,
     // Drop order: the VM fd (and its memslots) before the RAM they point to.
     _vm: VmFd,
+    hotplug: Option<Arc<VmHotplug>>,
     ram: GuestRam,
     allocator: Box<dyn BackingAllocator>,
     _host: Arc<HostMemory>,
@@ -181,7 +189,10 @@ impl std::fmt::Debug for Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        // Give the boot RAM back to the pool.
+        // Give plugged virtio-mem blocks and the boot RAM back to the pool.
+        if let Some(h) = &self.hotplug {
+            h.release_all();
+        }
         self.allocator.free(self.ram.extents());
     }
 }
@@ -202,10 +213,27 @@ impl Vm {
                     .ok_or(VmError::HostNodeSize(n))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let pool = PoolBacking::new(&sizes, None, None)?;
+        let movablecore = hotplug_movablecore(config, host_nodes.len() as u64);
+        let pool = PoolBacking::new(&sizes, None, movablecore.as_deref())?;
         let host = Arc::new(HostMemory::new(&pool.memfd_sizes())?);
         let out = serial_output(config)?;
-        prepared.build(config, host, Box::new(pool), out)
+        prepared.build(config, host, Box::new(pool.clone()), Some(&pool), out)
+    }
+
+    /// Builds the VM on shared host memory with its RAM and its virtio-mem blocks from
+    /// `pool` (boot RAM from the kernel zones, plugged blocks from ZONE_MOVABLE).
+    pub fn with_pool(
+        config: &VmConfig,
+        host: Arc<HostMemory>,
+        pool: &PoolBacking,
+        serial_out: SerialOut,
+    ) -> Result<Self, VmError> {
+        Prepared::check(config)?.build(config, host, Box::new(pool.clone()), Some(pool), serial_out)
+    }
+
+    /// The virtio-mem devices, for the control plane (None without hot-pluggable memory).
+    pub fn hotplug(&self) -> Option<Arc<dyn crate::control::machine::HotplugMemory>> {
+        self.hotplug.as_ref().map(|h| h.hotplug_memory())
     }
 
     /// Builds the VM on shared host memory with the given allocator (the pool) and serial
@@ -216,7 +244,7 @@ impl Vm {
         allocator: Box<dyn BackingAllocator>,
         serial_out: SerialOut,
     ) -> Result<Self, VmError> {
-        Prepared::check(config)?.build(config, host, allocator, serial_out)
+        Prepared::check(config)?.build(config, host, allocator, None, serial_out)
     }
 
     /// The guest memory map this VM got.
@@ -291,6 +319,18 @@ pub fn stop_vcpus(handles: Vec<JoinHandle<()>>) {
     }
 }
 
+/// `movablecore=` for a pool of `host_nodes` nodes that must hold every host node's
+/// hot-pluggable memory in ZONE_MOVABLE (the kernel spreads movablecore evenly over the
+/// nodes), plus room for the zones' watermarks; None without hot-pluggable memory.
+fn hotplug_movablecore(config: &VmConfig, host_nodes: u64) -> Option<String> {
+    let mut per_node = std::collections::BTreeMap::<u32, u64>::new();
+    for n in config.nodes() {
+        *per_node.entry(n.host_node).or_default() += n.hotplug_size;
+    }
+    let most = per_node.values().copied().max().filter(|&b| b > 0)?;
+    Some(format!("{}", (most + (64 << 20)) * host_nodes))
+}
+
 fn serial_output(config: &VmConfig) -> Result<SerialOut, VmError> {
     Ok(match &config.serial_output {
         SerialOutput::Stdout => Box::new(std::io::stdout()) as Box<dyn Write + Send>,
@@ -338,13 +378,31 @@ impl Prepared {
         config: &VmConfig,
         host: Arc<HostMemory>,
         mut allocator: Box<dyn BackingAllocator>,
+        pool: Option<&PoolBacking>,
         serial_out: SerialOut,
     ) -> Result<Vm, VmError> {
+        if let (Some(h), None) = (self.map.hotplug.first(), pool) {
+            return Err(VmError::HotplugWithoutPool(h.guest_node));
+        }
         let vm = create_vm_fd(&self.kvm)?;
         let ram = GuestRam::new(&self.map, &host, allocator.as_mut(), Some(&vm))?;
         // From here on the RAM's extents go back to the allocator if anything fails.
         let built = (|| {
             let mem = ram.memory();
+            let hotplug = match pool {
+                Some(pool) => VmHotplug::attach(
+                    &vm,
+                    &self.map,
+                    mem,
+                    ram.next_slot(),
+                    pool,
+                    &host,
+                    DEFAULT_BLOCK_SIZE,
+                )?
+                .map(Arc::new),
+                None => None,
+            };
+            let virtio_devices = hotplug.as_ref().map_or(&[][..], |h| h.acpi());
             let kernel = self.images.load(mem, self.map.low_ram_end())?;
             linux_loader::loader::load_cmdline(
                 mem,
@@ -361,6 +419,7 @@ impl Prepared {
                     apic_ids: topo.apic_ids(),
                     nodes: config.nodes().len() as u32,
                     map: &self.map,
+                    virtio_devices,
                 },
             )?;
             let cmdline_len = self
@@ -387,7 +446,7 @@ impl Prepared {
             let tsc_deadline = self.kvm.check_extension(Cap::TscDeadlineTimer);
             let mut vcpus = Vec::new();
             for &id in topo.apic_ids() {
-                let v = Vcpu::new(
+                let mut v = Vcpu::new(
                     &vm,
                     id,
                     &topo,
@@ -402,12 +461,16 @@ impl Prepared {
                 } else {
                     v.setup_ap()?;
                 }
+                if let Some(h) = &hotplug {
+                    v.set_mmio_handler(h.clone());
+                }
                 vcpus.push(v);
             }
-            Ok::<_, VmError>((vcpus, serial, exit))
+            Ok::<_, VmError>((vcpus, serial, exit, hotplug))
         })();
         match built {
-            Ok((vcpus, serial, exit)) => Ok(Vm {
+            Ok((vcpus, serial, exit, hotplug)) => Ok(Vm {
+                hotplug,
                 vcpus,
                 serial,
                 exit,

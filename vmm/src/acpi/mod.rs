@@ -34,6 +34,8 @@ pub struct AcpiConfig<'a> {
     pub nodes: u32,
     /// The guest memory map (boot RAM and hot-pluggable ranges).
     pub map: &'a GuestMemoryMap,
+    /// virtio-mmio devices to describe in the DSDT.
+    pub virtio_devices: &'a [crate::devices::virtio::acpi::VirtioMmioAcpi],
 }
 
 /// Errors while writing the tables.
@@ -82,7 +84,8 @@ pub fn create_acpi_tables(mem: &GuestMemory, cfg: &AcpiConfig) -> Result<u64, Ac
         mem,
         next: crate::layout::align_up(ACPI_START + Rsdp::len() as u64, 16),
     };
-    let dsdt = w.put(&dsdt::dsdt())?;
+    let objects: Vec<&dyn Aml> = cfg.virtio_devices.iter().map(|d| d as &dyn Aml).collect();
+    let dsdt = w.put(&dsdt::dsdt_with(&objects))?;
     let fadt = w.put(&fadt::fadt(dsdt))?;
     let madt = w.put(&madt::madt(cfg.apic_ids))?;
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
@@ -137,6 +140,7 @@ mod tests {
                 apic_ids: &[0, 1],
                 nodes: 2,
                 map: &map,
+                virtio_devices: &[],
             },
         )
         .expect("tables");

@@ -78,8 +78,7 @@ impl Machine for Vm {
     }
 
     fn hotplug(&self) -> Option<Arc<dyn HotplugMemory>> {
-        // memtide's Vm has no virtio-mem devices yet (issue 5 wires them).
-        None
+        Vm::hotplug(self)
     }
 
     fn run(self: Box<Self>) -> Result<ExitReason, VmError> {
@@ -100,7 +99,7 @@ impl Launcher for KvmLauncher {
                 Box::new(std::fs::File::create(p).map_err(|e| VmError::SerialFile(p.clone(), e))?)
             }
         };
-        let vm = Vm::with_backing(config, host.clone(), Box::new(pool.clone()), out)?;
+        let vm = Vm::with_pool(config, host.clone(), pool, out)?;
         Ok(Box::new(vm))
     }
 }

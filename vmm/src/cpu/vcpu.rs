@@ -81,12 +81,22 @@ fn set_xcr0(fd: &VcpuFd, xcr0: u64) -> Result<(), kvm_ioctls::Error> {
     fd.set_xcrs(&xcrs)
 }
 
+/// Where a vCPU's MMIO exits go (e.g. the virtio-mmio windows of
+/// [`crate::hotplug::VmHotplug`]). Each call returns false if no device holds `addr`.
+pub trait MmioHandler: Send + Sync {
+    /// A guest read of `data.len()` bytes at guest physical `addr`.
+    fn read(&self, addr: u64, data: &mut [u8]) -> bool;
+    /// A guest write at guest physical `addr`.
+    fn write(&self, addr: u64, data: &[u8]) -> bool;
+}
+
 /// A configured vCPU, ready to run on its own thread.
 pub struct Vcpu {
     fd: VcpuFd,
     id: u32,
     bus: Arc<PioBus>,
     exit: Arc<ExitSignal>,
+    mmio: Option<Arc<dyn MmioHandler>>,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -124,7 +134,19 @@ impl Vcpu {
         if let Some(xcr0) = cpuid::supported_xcr0(&c) {
             set_xcr0(&fd, xcr0).map_err(|e| VcpuError::Xcr0(id, xcr0, e))?;
         }
-        Ok(Vcpu { fd, id, bus, exit })
+        Ok(Vcpu {
+            fd,
+            id,
+            bus,
+            exit,
+            mmio: None,
+        })
+    }
+
+    /// Routes this vCPU's MMIO exits to `handler` (without one, reads see 0xff and writes
+    /// are dropped).
+    pub fn set_mmio_handler(&mut self, handler: Arc<dyn MmioHandler>) {
+        self.mmio = Some(handler);
     }
 
     /// Makes this the boot vCPU: long mode at the kernel's 64-bit `entry`, runnable.
@@ -164,8 +186,16 @@ impl Vcpu {
             match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => self.bus.read(port, data),
                 Ok(VcpuExit::IoOut(port, data)) => self.bus.write(port, data),
-                Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
-                Ok(VcpuExit::MmioWrite(..)) => {}
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    if !self.mmio.as_ref().is_some_and(|m| m.read(addr, data)) {
+                        data.fill(0xff);
+                    }
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    if let Some(m) = &self.mmio {
+                        m.write(addr, data);
+                    }
+                }
                 Ok(VcpuExit::Shutdown) => self.exit.request(ExitReason::Reset),
                 Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                     KVM_SYSTEM_EVENT_SHUTDOWN => self.exit.request(ExitReason::PowerOff),

@@ -76,6 +76,12 @@ impl PoolBacking {
         &self.pool
     }
 
+    /// `(first pfn, pages)` of `host_node`'s range in the pool (its memfd offset 0 is the
+    /// first pfn).
+    pub fn node_pfn_range(&self, host_node: u32) -> Option<(u64, u64)> {
+        self.nodes.get(&host_node).copied()
+    }
+
     /// Bytes of memfd each host node needs (for [`super::host::HostMemory::new`]).
     pub fn memfd_sizes(&self) -> Vec<(u32, u64)> {
         self.nodes
