@@ -275,6 +275,7 @@ impl EmulatedHost {
         ticket: HostTicket,
     ) -> Result<EmulatedHost> {
         let qemu = tools::need("qemu-system-x86_64", "qemu-system-x86")?;
+        remove_stale_run_dirs(&std::env::temp_dir());
         let n = RUN_COUNTER.fetch_add(1, Ordering::Relaxed);
         let run_dir = std::env::temp_dir().join(format!("memtide-host-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&run_dir);
@@ -368,6 +369,8 @@ impl EmulatedHost {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr);
+        // A test process killed by a signal must not leave the host running.
+        tools::die_with_parent(&mut cmd);
 
         let started_at = Instant::now();
         let mut child = cmd.spawn().map_err(|e| Error::Command {
@@ -650,6 +653,26 @@ impl Drop for EmulatedHost {
     }
 }
 
+/// Removes `memtide-host-<pid>-<n>` run directories (with their ~70 MiB initramfs) left by
+/// test processes that were killed before their hosts dropped.
+fn remove_stale_run_dirs(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("memtide-host-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// The host's /init.
 fn host_init(modules: &[String], net: bool) -> String {
     let net_setup = if net {
@@ -774,6 +797,20 @@ fn host_archive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_run_dirs_of_dead_processes_are_removed() {
+        let tmp = std::env::temp_dir().join(format!("memtide-stale-test-{}", std::process::id()));
+        let dead = tmp.join("memtide-host-999999999-0");
+        let mine = tmp.join(format!("memtide-host-{}-7", std::process::id()));
+        let other = tmp.join("unrelated-1");
+        for d in [&dead, &mine, &other] {
+            fs::create_dir_all(d).expect("dir");
+        }
+        remove_stale_run_dirs(&tmp);
+        assert!(!dead.exists() && mine.exists() && other.exists());
+        let _ = fs::remove_dir_all(&tmp);
+    }
 
     #[test]
     fn ready_line_parses() {

@@ -210,6 +210,20 @@ impl KvmHost {
         Ok((sel, host))
     }
 
+    /// This machine as host without checking /dev/kvm: for VMMs that need no KVM (QEMU with
+    /// TCG), so the local-guest path of the harness can be exercised anywhere. Extra binaries
+    /// are used where they are.
+    pub fn local(image: GuestImage, extra_binaries: &[std::path::PathBuf]) -> KvmHost {
+        KvmHost::Hardware(Box::new(HardwareHost {
+            image,
+            binaries: extra_binaries
+                .iter()
+                .map(|b| b.to_string_lossy().into_owned())
+                .collect(),
+            daemons: Default::default(),
+        }))
+    }
+
     /// The kind of this host.
     pub fn kind(&self) -> HostKind {
         match self {
@@ -317,17 +331,17 @@ impl KvmHost {
                 let (prog, args) = argv
                     .split_first()
                     .ok_or_else(|| Error::Config("spawn_daemon needs a program".into()))?;
-                let child = Command::new(prog)
-                    .args(args)
+                let mut cmd = Command::new(prog);
+                cmd.args(args)
                     .stdin(Stdio::null())
                     .stdout(file)
                     .stderr(err)
-                    .process_group(0)
-                    .spawn()
-                    .map_err(|e| Error::Command {
-                        cmd: line.clone(),
-                        detail: e.to_string(),
-                    })?;
+                    .process_group(0);
+                tools::die_with_parent(&mut cmd);
+                let child = cmd.spawn().map_err(|e| Error::Command {
+                    cmd: line.clone(),
+                    detail: e.to_string(),
+                })?;
                 let pid = child.id();
                 h.daemons
                     .lock()
@@ -477,6 +491,10 @@ pub struct QemuGuest {
     pub cmdline: String,
     /// More QEMU arguments (devices, `-numa`, `-qmp` ...).
     pub extra: Vec<String>,
+    /// Emulate the CPU (`-accel tcg -cpu max`) instead of `-accel kvm -cpu host`: for
+    /// [`KvmHost::local`] checks of the harness on machines without usable KVM. Use
+    /// [`Machine::Q35`] then: a microvm guest under TCG hangs calibrating its TSC (no PIT/HPET).
+    pub tcg: bool,
 }
 
 impl Default for QemuGuest {
@@ -487,6 +505,7 @@ impl Default for QemuGuest {
             cpus: 1,
             cmdline: String::new(),
             extra: Vec::new(),
+            tcg: false,
         }
     }
 }
@@ -500,13 +519,18 @@ impl QemuGuest {
         };
         let mut v: Vec<String> = vec![host.qemu()?];
         let s = |x: &str| x.to_string();
+        let (accel, cpu) = if self.tcg {
+            ("tcg", "max")
+        } else {
+            ("kvm", "host")
+        };
         v.extend([
             s("-M"),
             s(machine),
             s("-accel"),
-            s("kvm"),
+            s(accel),
             s("-cpu"),
-            s("host"),
+            s(cpu),
         ]);
         v.extend([
             s("-m"),

@@ -80,6 +80,9 @@
 //!   [`HostConfig::forward_ports`] must listen on 0.0.0.0 (or 10.0.2.15), not 127.0.0.1.
 //! - One emulated host per test process at a time (a second `start` waits): tests of one
 //!   binary run in parallel threads and two TCG hosts on 2 cores only starve each other.
+//! - The emulated host's QEMU (and daemons) die with the thread that started them
+//!   (PR_SET_PDEATHSIG), so a test killed by a signal leaves no host behind: keep the host in
+//!   the thread that created it.
 //! - `cargo test` captures test output; [`say`] prints past the capture (host choice, retries,
 //!   timings always show).
 //!

@@ -57,6 +57,23 @@ pub fn need(tool: &str, package: &str) -> Result<std::path::PathBuf> {
     })
 }
 
+/// Makes the kernel kill `cmd`'s process (SIGKILL) when the thread that spawns it dies, so a
+/// test process killed by a signal (a CI timeout) leaves no emulated host running. Spawn
+/// such commands from the thread that owns the handle: the signal follows that thread.
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+    // which is async-signal-safe and touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Quotes `s` for a POSIX shell.
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
@@ -90,6 +107,16 @@ mod tests {
             .expect("sh runs");
             assert_eq!(String::from_utf8_lossy(&out.stdout), s);
         }
+    }
+
+    #[test]
+    fn die_with_parent_still_runs_the_command() {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("grep -E '^PPid' /proc/self/status >/dev/null && echo ok");
+        die_with_parent(&mut cmd);
+        let out = run(&mut cmd).expect("runs");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
     }
 
     #[test]
