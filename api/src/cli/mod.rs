@@ -5,6 +5,7 @@
 pub mod image;
 pub mod pool;
 pub mod run;
+pub mod run_api;
 pub mod serve;
 pub mod vm;
 pub mod zones;

@@ -52,6 +52,13 @@ pub struct RunArgs {
     /// Do not feed stdin to the serial console.
     #[arg(long)]
     pub no_stdin: bool,
+    /// Serve the REST API on this Unix socket while the VM (id `run`) runs: resize it with
+    /// `memtide vm resize run SIZE --api-sock PATH` (virtio-mem, needs hotplug_size).
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+    /// With --api-sock: the host pool's movablecore= (default: room for the hotplug sizes).
+    #[arg(long, value_name = "SPEC", requires = "api_sock")]
+    pub pool_movablecore: Option<String>,
 }
 
 /// The harness's guest image in `cache`: `(kernel, initrd)`.
@@ -145,6 +152,9 @@ pub fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if let Some(sock) = &args.api_sock {
+        return super::run_api::run_with_api(config, sock, args.pool_movablecore.clone());
+    }
     let vm = match Vm::new(&config) {
         Ok(vm) => vm,
         Err(e) => {
