@@ -93,10 +93,11 @@ pub fn check_targets(
                 align: d.block_size,
             });
         }
-        if t > d.usable {
+        // The device grows its usable region to fit a new request: the region is the bound.
+        if t > d.region_size {
             return Err(ControlError::BeyondLimits(format!(
-                "node {n} of VM {id:?} may plug at most {} (usable region), not {}",
-                mib(d.usable),
+                "node {n} of VM {id:?} may plug at most {} (its virtio-mem region), not {}",
+                mib(d.region_size),
                 mib(t)
             )));
         }
@@ -165,7 +166,7 @@ pub fn plan_grow(
     }
     let room: u64 = chosen
         .iter()
-        .map(|d| d.usable.saturating_sub(d.requested))
+        .map(|d| d.region_size.saturating_sub(d.requested))
         .sum();
     if room < size {
         return Err(ControlError::BeyondLimits(format!(
@@ -179,7 +180,7 @@ pub fn plan_grow(
     Ok(chosen
         .into_iter()
         .map(|d| {
-            let take = left.min(d.usable.saturating_sub(d.requested));
+            let take = left.min(d.region_size.saturating_sub(d.requested));
             left -= take;
             (d.guest_node, d.requested + take)
         })
