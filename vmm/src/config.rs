@@ -210,6 +210,8 @@ pub struct VmConfig {
     pub serial_output: SerialOutput,
     /// Whether the VMM's stdin feeds the serial console's input.
     pub serial_input: bool,
+    /// The virtio-balloon device, if any (default: [`crate::balloon::default_balloon_config`]).
+    pub balloon: Option<crate::devices::virtio::balloon::VirtioBalloonConfig>,
 }
 
 impl VmConfig {
@@ -226,6 +228,7 @@ impl VmConfig {
             guest_movablecore: None,
             serial_output: SerialOutput::Stdout,
             serial_input: true,
+            balloon: Some(crate::balloon::default_balloon_config()),
         }
     }
 

@@ -8,6 +8,7 @@
 //! the calling thread) → an [`exit::ExitReason`].
 
 pub mod acpi;
+pub mod balloon;
 pub mod boot;
 pub mod config;
 pub mod control;

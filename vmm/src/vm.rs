@@ -14,12 +14,14 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::Killable;
 
 use crate::acpi::{self, AcpiConfig};
+use crate::balloon::{BalloonControl, MmioRouter, VmBalloon};
 use crate::boot::{cmdline, loader, params};
 use crate::config::{ConfigError, SerialOutput, VmConfig};
 use crate::cpu::topology::CpuTopology;
 use crate::cpu::vcpu::{self, Vcpu, VcpuError};
 use crate::devices::serial::{SerialDevice, SerialOut, COM1_IRQ, COM1_PORT, UART_PORTS};
 use crate::devices::shutdown::{AcpiShutdown, I8042Reset, I8042_PORT, SHUTDOWN_PORT};
+use crate::devices::virtio::balloon::AttachError;
 use crate::devices::{BusError, PioBus};
 use crate::event_loop::{EventLoop, EventLoopError};
 use crate::exit::{ExitReason, ExitSignal};
@@ -99,6 +101,9 @@ pub enum VmError {
     /// Hot-pluggable memory was asked for without a pool to take it from.
     #[error("guest node {0} has hotplug_size set, but this VM has no memory pool for it")]
     HotplugWithoutPool(u32),
+    /// The virtio-balloon could not be wired in.
+    #[error("virtio-balloon: {0}")]
+    Balloon(#[from] AttachError),
 }
 
 impl VmError {
@@ -172,6 +177,7 @@ pub struct Vm {
     // Drop order: the VM fd (and its memslots) before the RAM they point to.
     _vm: VmFd,
     hotplug: Option<Arc<VmHotplug>>,
+    balloon: Option<Arc<VmBalloon>>,
     ram: GuestRam,
     allocator: Box<dyn BackingAllocator>,
     _host: Arc<HostMemory>,
@@ -229,6 +235,11 @@ impl Vm {
         serial_out: SerialOut,
     ) -> Result<Self, VmError> {
         Prepared::check(config)?.build(config, host, Box::new(pool.clone()), Some(pool), serial_out)
+    }
+
+    /// The virtio-balloon, for the control plane (None if the config has none).
+    pub fn balloon(&self) -> Option<Arc<dyn BalloonControl>> {
+        self.balloon.clone().map(|b| b as Arc<dyn BalloonControl>)
     }
 
     /// The virtio-mem devices, for the control plane (None without hot-pluggable memory).
@@ -402,7 +413,23 @@ impl Prepared {
                 .map(Arc::new),
                 None => None,
             };
-            let virtio_devices = hotplug.as_ref().map_or(&[][..], |h| h.acpi());
+            let balloon = match config.balloon {
+                Some(c) => {
+                    let all = hotplug.as_ref().map_or(mem, |h| h.memory());
+                    Some(Arc::new(VmBalloon::attach(&vm, mem, all, c)?))
+                }
+                None => None,
+            };
+            let mut virtio_devices = hotplug.as_ref().map_or(Vec::new(), |h| h.acpi().to_vec());
+            virtio_devices.extend(balloon.as_ref().map(|b| b.acpi().clone()));
+            let mut router = MmioRouter::default();
+            if let Some(h) = &hotplug {
+                router.push(h.clone());
+            }
+            if let Some(b) = &balloon {
+                router.push(b.clone());
+            }
+            let router = Arc::new(router);
             let kernel = self.images.load(mem, self.map.low_ram_end())?;
             linux_loader::loader::load_cmdline(
                 mem,
@@ -419,7 +446,7 @@ impl Prepared {
                     apic_ids: topo.apic_ids(),
                     nodes: config.nodes().len() as u32,
                     map: &self.map,
-                    virtio_devices,
+                    virtio_devices: &virtio_devices,
                 },
             )?;
             let cmdline_len = self
@@ -461,16 +488,17 @@ impl Prepared {
                 } else {
                     v.setup_ap()?;
                 }
-                if let Some(h) = &hotplug {
-                    v.set_mmio_handler(h.clone());
+                if !router.is_empty() {
+                    v.set_mmio_handler(router.clone());
                 }
                 vcpus.push(v);
             }
-            Ok::<_, VmError>((vcpus, serial, exit, hotplug))
+            Ok::<_, VmError>((vcpus, serial, exit, hotplug, balloon))
         })();
         match built {
-            Ok((vcpus, serial, exit, hotplug)) => Ok(Vm {
+            Ok((vcpus, serial, exit, hotplug, balloon)) => Ok(Vm {
                 hotplug,
+                balloon,
                 vcpus,
                 serial,
                 exit,

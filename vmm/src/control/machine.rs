@@ -48,6 +48,10 @@ pub trait Machine: Send {
     fn memory_map(&self) -> GuestMemoryMap;
     /// The virtio-mem devices, if the VM has any.
     fn hotplug(&self) -> Option<Arc<dyn HotplugMemory>>;
+    /// The virtio-balloon, if the VM has one.
+    fn balloon(&self) -> Option<Arc<dyn crate::balloon::BalloonControl>> {
+        None
+    }
     /// Runs until the VM ends; boot RAM goes back to the pool when this returns.
     fn run(self: Box<Self>) -> Result<ExitReason, VmError>;
 }
@@ -79,6 +83,10 @@ impl Machine for Vm {
 
     fn hotplug(&self) -> Option<Arc<dyn HotplugMemory>> {
         Vm::hotplug(self)
+    }
+
+    fn balloon(&self) -> Option<Arc<dyn crate::balloon::BalloonControl>> {
+        Vm::balloon(self)
     }
 
     fn run(self: Box<Self>) -> Result<ExitReason, VmError> {
