@@ -69,6 +69,9 @@ pub enum ControlError {
     /// The VM cannot hot(un)plug memory with this VMM.
     #[error("VM {0:?} has no virtio-mem device: memtide does not wire virtio-mem into its VMs yet, so its hot-pluggable memory cannot be plugged or unplugged")]
     NoVirtioMem(String),
+    /// The VM has no virtio-balloon (its config turned it off).
+    #[error("VM {0:?} has no virtio-balloon (it was created with the balloon off)")]
+    NoBalloon(String),
     /// The pool cannot give the memory.
     #[error("host memory pool exhausted: {0}")]
     Exhausted(String),
@@ -109,7 +112,7 @@ impl ControlError {
             ControlError::NotFound(_) => ErrorKind::NotFound,
             ControlError::Exists(_) | ControlError::WrongState { .. } => ErrorKind::Conflict,
             ControlError::BeyondLimits(_) => ErrorKind::BeyondLimits,
-            ControlError::NoVirtioMem(_) => ErrorKind::Unsupported,
+            ControlError::NoVirtioMem(_) | ControlError::NoBalloon(_) => ErrorKind::Unsupported,
             ControlError::Exhausted(_) => ErrorKind::Exhausted,
             ControlError::Config(e) => config_kind(e),
             ControlError::Vm(e) => match e {

@@ -89,6 +89,73 @@ pub struct VmInfo {
     pub uptime_secs: u64,
     /// The guest NUMA nodes.
     pub nodes: Vec<NodeInfo>,
+    /// The virtio-balloon, if the VM has one.
+    #[serde(default)]
+    pub balloon: Option<BalloonReport>,
+}
+
+/// A VM's virtio-balloon as the API reports it (sizes in bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonReport {
+    /// Whether the guest driver runs the device.
+    pub active: bool,
+    /// The guest RAM the balloon works on (boot RAM).
+    pub guest_ram: u64,
+    /// The balloon size the host asks for (`num_pages` x 4 KiB).
+    pub target_bytes: u64,
+    /// The balloon size the driver reports (`actual` x 4 KiB).
+    pub actual_bytes: u64,
+    /// The bytes the device holds in the balloon (their host memory given back).
+    pub ballooned_bytes: u64,
+    /// The guest RAM left to the guest: `guest_ram - actual_bytes`.
+    pub guest_size: u64,
+    /// Offered and accepted deflate on OOM.
+    pub deflate_on_oom: bool,
+    /// Offered and accepted free page reporting.
+    pub free_page_reporting: bool,
+    /// Statistics interval, seconds (None: no stats queue).
+    pub stats_interval_secs: Option<u64>,
+    /// The guest's latest statistics by name (`swap-in`, `free-memory`, ...; bytes or counts as
+    /// the spec defines them), if any arrived.
+    pub stats: Option<std::collections::BTreeMap<String, u64>>,
+    /// Seconds since the UNIX epoch of the latest statistics.
+    pub stats_updated_at: Option<u64>,
+    /// Cumulative device counters by name.
+    pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+impl BalloonReport {
+    /// The report of a device snapshot on `guest_ram` bytes.
+    pub fn new(info: &crate::devices::virtio::balloon::BalloonInfo, guest_ram: u64) -> Self {
+        BalloonReport {
+            active: info.active,
+            guest_ram,
+            target_bytes: info.target_bytes(),
+            actual_bytes: info.actual_bytes(),
+            ballooned_bytes: info.ballooned_bytes(),
+            guest_size: guest_ram.saturating_sub(info.actual_bytes()),
+            deflate_on_oom: info.deflate_on_oom,
+            free_page_reporting: info.free_page_reporting,
+            stats_interval_secs: info.config.stats_interval.map(|d| d.as_secs()),
+            stats: info
+                .stats
+                .as_ref()
+                .map(|s| s.named_values().map(|(k, v)| (k.to_string(), v)).collect()),
+            stats_updated_at: info.stats.as_ref().and_then(|s| {
+                s.updated_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs())
+            }),
+            counters: info
+                .counters
+                .named_values()
+                .iter()
+                .map(|&(k, v)| (k.to_string(), v))
+                .collect(),
+        }
+    }
 }
 
 /// Watermarks of a zone, pages.

@@ -11,6 +11,8 @@
 //! Life cycle: create (build + boot) → running ⇄ paused → stopped (shutdown, or the guest
 //! powered off / reset) → delete. A stopped VM's boot RAM is back in the pool.
 
+#[cfg(test)]
+mod balloon_tests;
 pub mod error;
 pub mod info;
 pub mod machine;
@@ -30,11 +32,14 @@ use std::time::{Duration, Instant};
 
 use memtide_allocator::PAGE_SIZE;
 
+pub use crate::balloon::BalloonTarget;
+use crate::devices::virtio::balloon::TargetError;
 pub use error::{ControlError, ErrorKind};
-pub use info::{NodeInfo, PoolInfo, VmInfo, VmState};
+pub use info::{BalloonReport, NodeInfo, PoolInfo, VmInfo, VmState};
 pub use machine::{HotplugMemory, HotplugNode, KvmLauncher, Launcher, Machine};
 pub use request::{
-    CreateVm, Rebalance, RebalanceResult, Request, ResizeResult, ResizeVm, Response, VmRef,
+    CreateVm, Rebalance, RebalanceResult, Request, ResizeResult, ResizeVm, Response, SetBalloon,
+    VmRef,
 };
 
 use crate::config::{SerialOutput, VmConfig, RAM_ALIGN};
@@ -79,6 +84,7 @@ struct VmSlot {
     map: GuestMemoryMap,
     exit: Arc<ExitSignal>,
     hotplug: Option<Arc<dyn HotplugMemory>>,
+    balloon: Option<Arc<dyn crate::balloon::BalloonControl>>,
     /// The exit reason once the VM thread returned.
     outcome: Arc<(Mutex<Option<String>>, Condvar)>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -222,7 +228,14 @@ impl VmSlot {
             console: self.console.as_ref().map(path),
             uptime_secs: self.created.elapsed().as_secs(),
             nodes,
+            balloon: self.balloon_report(),
         }
+    }
+
+    fn balloon_report(&self) -> Option<BalloonReport> {
+        self.balloon
+            .as_ref()
+            .map(|b| BalloonReport::new(&b.info(), b.guest_ram()))
     }
 
     /// Waits (at most `wait`) until every device's plugged size equals its requested size.
@@ -328,6 +341,8 @@ impl ControlPlane {
             }
             Request::Resize(r) => Response::Resize(Box::new(self.resize(&r)?)),
             Request::Rebalance(r) => Response::Rebalance(Box::new(self.rebalance(&r)?)),
+            Request::SetBalloon(r) => Response::Balloon(Box::new(self.set_balloon(&r)?)),
+            Request::BalloonInfo(r) => Response::Balloon(Box::new(self.balloon_info(&r.id)?)),
             Request::PoolInfo => Response::Pool(Box::new(self.pool_info())),
         })
     }
@@ -386,6 +401,7 @@ impl ControlPlane {
         let exit = machine.exit_signal();
         let map = machine.memory_map();
         let hotplug = machine.hotplug();
+        let balloon = machine.balloon();
         let outcome = Arc::new((Mutex::new(None), Condvar::new()));
         let done = outcome.clone();
         let thread = std::thread::Builder::new()
@@ -403,6 +419,7 @@ impl ControlPlane {
             map,
             exit,
             hotplug,
+            balloon,
             outcome,
             thread: Mutex::new(Some(thread)),
             op: Mutex::new(()),
@@ -511,6 +528,30 @@ impl ControlPlane {
             }
         }
         Ok(())
+    }
+
+    /// The balloon of VM `id`.
+    pub fn balloon_info(&self, id: &str) -> Result<BalloonReport, ControlError> {
+        let s = self.slot(id)?;
+        s.balloon_report()
+            .ok_or_else(|| ControlError::NoBalloon(s.id.clone()))
+    }
+
+    /// Sets a VM's balloon target (see [`SetBalloon`]); returns the balloon at once (the
+    /// guest inflates or deflates in the background: poll [`ControlPlane::balloon_info`]).
+    pub fn set_balloon(&self, req: &SetBalloon) -> Result<BalloonReport, ControlError> {
+        let s = self.slot(&req.id)?;
+        let _op = lock(&s.op);
+        s.expect_state(&[VmState::Running, VmState::Paused], "set the balloon of")?;
+        let b = s
+            .balloon
+            .as_ref()
+            .ok_or_else(|| ControlError::NoBalloon(s.id.clone()))?;
+        b.set_target(req.target).map_err(|e| match e {
+            TargetError::Unaligned(_) => ControlError::Invalid(e.to_string()),
+            _ => ControlError::BeyondLimits(e.to_string()),
+        })?;
+        Ok(BalloonReport::new(&b.info(), b.guest_ram()))
     }
 
     /// Resizes a VM or one of its nodes (see [`ResizeVm`]).

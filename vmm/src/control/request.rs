@@ -39,6 +39,15 @@ pub struct ResizeVm {
     pub wait_secs: u64,
 }
 
+/// Set a VM's balloon target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetBalloon {
+    /// The VM.
+    pub id: String,
+    /// The target: the guest size the guest should end up with, or the balloon size.
+    pub target: crate::balloon::BalloonTarget,
+}
+
 /// Move `size` bytes of hot-plugged memory from VM `from` to VM `to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rebalance {
@@ -103,6 +112,10 @@ pub enum Request {
     Resize(ResizeVm),
     /// [`Rebalance`].
     Rebalance(Rebalance),
+    /// [`SetBalloon`].
+    SetBalloon(SetBalloon),
+    /// The VM's balloon.
+    BalloonInfo(VmRef),
     /// The host pool.
     PoolInfo,
 }
@@ -122,4 +135,6 @@ pub enum Response {
     Rebalance(Box<RebalanceResult>),
     /// The pool.
     Pool(Box<PoolInfo>),
+    /// A balloon.
+    Balloon(Box<super::info::BalloonReport>),
 }

@@ -43,6 +43,56 @@ pub struct FakeMachine {
     pool: PoolBacking,
     extents: Vec<BackingExtent>,
     hotplug: Option<Arc<FakeHotplug>>,
+    balloon: Option<Arc<FakeBalloon>>,
+}
+
+/// A balloon whose guest follows every target at once (`actual` = `num_pages`).
+#[derive(Debug)]
+pub struct FakeBalloon {
+    config: crate::devices::virtio::balloon::VirtioBalloonConfig,
+    guest_ram: u64,
+    pages: Mutex<u32>,
+}
+
+impl crate::balloon::BalloonControl for FakeBalloon {
+    fn guest_ram(&self) -> u64 {
+        self.guest_ram
+    }
+
+    fn info(&self) -> crate::devices::virtio::balloon::BalloonInfo {
+        let pages = *self.pages.lock().unwrap_or_else(|p| p.into_inner());
+        crate::devices::virtio::balloon::BalloonInfo {
+            config: self.config,
+            active: true,
+            deflate_on_oom: self.config.deflate_on_oom,
+            free_page_reporting: self.config.free_page_reporting,
+            target_pages: pages,
+            actual_pages: pages,
+            ballooned_pages: u64::from(pages),
+            counters: Default::default(),
+            stats: None,
+        }
+    }
+
+    fn set_target(
+        &self,
+        target: crate::balloon::BalloonTarget,
+    ) -> Result<(), crate::devices::virtio::balloon::TargetError> {
+        use crate::devices::virtio::balloon::{
+            balloon_size_for_guest_size, pages_for_balloon_size, TargetError,
+        };
+        let size = match target {
+            crate::balloon::BalloonTarget::GuestSize(g) => {
+                balloon_size_for_guest_size(self.guest_ram, g)?
+            }
+            crate::balloon::BalloonTarget::BalloonSize(b) if b > self.guest_ram => {
+                return Err(TargetError::BalloonSizeTooLarge(b, self.guest_ram))
+            }
+            crate::balloon::BalloonTarget::BalloonSize(b) => b,
+        };
+        *self.pages.lock().unwrap_or_else(|p| p.into_inner()) = pages_for_balloon_size(size)?;
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +186,12 @@ impl Machine for FakeMachine {
         self.hotplug.clone().map(|h| h as Arc<dyn HotplugMemory>)
     }
 
+    fn balloon(&self) -> Option<Arc<dyn crate::balloon::BalloonControl>> {
+        self.balloon
+            .clone()
+            .map(|b| b as Arc<dyn crate::balloon::BalloonControl>)
+    }
+
     fn run(mut self: Box<Self>) -> Result<ExitReason, VmError> {
         let exit = self.exit.clone();
         let vcpu = std::thread::spawn({
@@ -210,6 +266,13 @@ impl Launcher for FakeLauncher {
             pool,
             extents,
             hotplug,
+            balloon: config.balloon.map(|c| {
+                Arc::new(FakeBalloon {
+                    config: c,
+                    guest_ram: config.memory,
+                    pages: Mutex::new(c.target_pages),
+                })
+            }),
         }))
     }
 }
