@@ -55,9 +55,9 @@ pub struct RunArgs {
     /// Serve the REST API on this Unix socket while the VM (id `run`) runs: resize it with
     /// `memtide vm resize run SIZE --api-sock PATH` (virtio-mem, needs hotplug_size).
     #[arg(long, value_name = "PATH")]
-    pub api_sock: Option<PathBuf>,
-    /// With --api-sock: the host pool's movablecore= (default: room for the hotplug sizes).
-    #[arg(long, value_name = "SPEC", requires = "api_sock")]
+    pub serve_sock: Option<PathBuf>,
+    /// With --serve-sock: the host pool's movablecore= (default: room for the hotplug sizes).
+    #[arg(long, value_name = "SPEC", requires = "serve_sock")]
     pub pool_movablecore: Option<String>,
 }
 
@@ -152,7 +152,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    if let Some(sock) = &args.api_sock {
+    if let Some(sock) = &args.serve_sock {
         return super::run_api::run_with_api(config, sock, args.pool_movablecore.clone());
     }
     let vm = match Vm::new(&config) {

@@ -1,4 +1,4 @@
-//! `memtide run --api-sock PATH`: the VM runs under an in-process control plane (the host
+//! `memtide run --serve-sock PATH`: the VM runs under an in-process control plane (the host
 //! pool with ZONE_MOVABLE for its hot-pluggable memory) with its console on stdin/stdout,
 //! and the REST API answers on PATH, so `memtide vm resize run SIZE --api-sock PATH` grows
 //! and shrinks it through virtio-mem, and further VMs created through the API share the pool

@@ -1,0 +1,371 @@
+//! virtio-mem on a real Linux guest (issue 5 acceptance, first part): `memtide run` with a
+//! 1 GiB hot-pluggable range on guest node 0 and the REST API on a socket; the guest grows
+//! from 256 MiB to 1 GiB and back through `memtide vm resize`. MemTotal and the agent's
+//! zoneinfo follow exactly, the plugged memory is the guest's ZONE_MOVABLE, the guest fills
+//! and verifies a pattern in it, and the host pool's free pages come back exactly.
+//!
+//! The guest is booted with the dead-boot policy (`KvmHost::boot_guest`); wrong results are
+//! never retried.
+
+#[allow(dead_code)]
+mod common;
+
+use common::{memtide_binary, run_argv};
+use memtide_testbed::{say, GuestImage, HostConfig, KvmHost, Report, Result, Timeline};
+use std::time::{Duration, Instant};
+
+const AGENT_TIMEOUT: Duration = Duration::from_secs(150);
+const SOCK: &str = "/tmp/run.sock";
+const MIB_KB: u64 = 1024;
+
+/// The pool's free pages, from `memtide pool --json`.
+fn pool_free_pages(host: &KvmHost, memtide: &str) -> Result<u64> {
+    let out = host.check(
+        &format!("{memtide} pool --json --api-sock {SOCK}"),
+        Duration::from_secs(30),
+    )?;
+    let text = out.text();
+    // The top-level field comes first in the object ("nodes" holds per-zone "free").
+    text.split("\"free_pages\":")
+        .nth(1)
+        .and_then(|rest| {
+            rest.trim_start()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|d| d.parse().ok())
+        })
+        .ok_or_else(|| memtide_testbed::Error::Config(format!("no free_pages in {text}")))
+}
+
+/// Resizes VM `run` to `size` and returns the CLI's output.
+fn resize(host: &KvmHost, memtide: &str, size: &str) -> Result<String> {
+    let start = Instant::now();
+    let out = host.check(
+        &format!("{memtide} vm resize run {size} --wait 120 --api-sock {SOCK} 2>&1"),
+        Duration::from_secs(180),
+    )?;
+    say(&format!(
+        "resize to {size}: {:.2} s: {:?}",
+        start.elapsed().as_secs_f64(),
+        out.lines
+    ));
+    Ok(out.text())
+}
+
+/// Polls the agent until MemTotal is `want_kib` (the guest onlines what was plugged right
+/// after each ACK, so this is quick); returns the last report.
+fn report_when(
+    guest: &mut memtide_testbed::Guest,
+    want_kib: u64,
+    timeout: Duration,
+) -> Result<Report> {
+    let start = Instant::now();
+    loop {
+        let r = guest.report()?;
+        if r.mem_total_kib == want_kib || start.elapsed() > timeout {
+            return Ok(r);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn movable_kib(r: &Report) -> u64 {
+    r.zone_managed_kib("Movable")
+}
+
+/// Pool page counts from `memtide pool --json`: `(managed, free)`.
+fn pool_pages(host: &KvmHost, memtide: &str) -> Result<(u64, u64)> {
+    let out = host.check(
+        &format!("{memtide} pool --json --api-sock {SOCK}"),
+        Duration::from_secs(30),
+    )?;
+    let text = out.text();
+    let num = |key: &str| {
+        text.split(&format!("\"{key}\":"))
+            .nth(1)
+            .and_then(|rest| {
+                rest.trim_start()
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|d| d.parse::<u64>().ok())
+            })
+            .ok_or_else(|| memtide_testbed::Error::Config(format!("no {key} in {text}")))
+    };
+    Ok((num("managed_pages")?, num("free_pages")?))
+}
+
+/// `(boot_memory, total_memory)` of VM `id`, bytes.
+fn vm_sizes(host: &KvmHost, memtide: &str, id: &str) -> Result<(u64, u64)> {
+    let out = host.check(
+        &format!("{memtide} vm info {id} --json --api-sock {SOCK}"),
+        Duration::from_secs(30),
+    )?;
+    let text = out.text();
+    let num = |key: &str| {
+        text.split(&format!("\"{key}\":"))
+            .nth(1)
+            .and_then(|rest| {
+                rest.trim_start()
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|d| d.parse::<u64>().ok())
+            })
+            .ok_or_else(|| memtide_testbed::Error::Config(format!("no {key} in {text}")))
+    };
+    Ok((num("boot_memory")?, num("total_memory")?))
+}
+
+/// Creates VM `b` (256 MiB on host node 1, 1 GiB hot-pluggable) in the same memtide and
+/// waits for its agent line on its console file; a dead or silent boot is retried.
+fn create_b(host: &KvmHost, memtide: &str) -> Result<()> {
+    memtide_testbed::retry_boot("b", memtide_testbed::Policy::Guest, |_| {
+        let _ = host.run(
+            &format!(
+                "{memtide} vm shutdown b --api-sock {SOCK}; {memtide} vm delete b --api-sock {SOCK}"
+            ),
+            Duration::from_secs(60),
+        );
+        host.check(
+            &format!(
+                "{memtide} vm create --api-sock {SOCK} --id b --kernel {k} --initrd {i} \
+                 --cmdline 'quiet loglevel=1' --vcpus 1 --serial-file /tmp/b.console \
+                 --numa guest_numa_id=0,cpus=0,memory=256M,host_numa_id=1,hotplug_size=1G",
+                k = host.guest_kernel(),
+                i = host.guest_initrd()
+            ),
+            Duration::from_secs(60),
+        )?;
+        let start = Instant::now();
+        loop {
+            let out = host.run(
+                "grep -c 'AGENT ready' /tmp/b.console",
+                Duration::from_secs(10),
+            )?;
+            if out.lines.last().is_some_and(|l| l.trim() != "0") {
+                say(&format!(
+                    "b: agent ready {:.1} s after create",
+                    start.elapsed().as_secs_f64()
+                ));
+                return Ok(());
+            }
+            let tail = host
+                .run("tail -n 5 /tmp/b.console", Duration::from_secs(10))?
+                .text();
+            let state = host.run(
+                &format!("{memtide} vm info b --json --api-sock {SOCK}"),
+                Duration::from_secs(10),
+            )?;
+            if state.text().contains("\"stopped\"") {
+                return Err(memtide_testbed::Error::GuestDied {
+                    label: "b".into(),
+                    status: String::new(),
+                    tail,
+                });
+            }
+            if start.elapsed() > AGENT_TIMEOUT {
+                return Err(memtide_testbed::Error::GuestSilent {
+                    label: "b".into(),
+                    waited: AGENT_TIMEOUT,
+                    tail,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    })
+}
+
+/// Issue 5's two-guest step: A (`run`, agent on the console) holds 512 MiB plugged and a
+/// 64 MiB pattern; 512 MiB move A -> b; A's pattern is intact, b has 512 MiB plugged, and
+/// at every step pool free + plugged + boot = managed.
+fn rebalance_a_to_b(
+    host: &KvmHost,
+    memtide: &str,
+    guest: &mut memtide_testbed::Guest,
+    m0: u64,
+    t: &mut Timeline,
+) -> Result<()> {
+    const PAGE: u64 = 4096;
+    let accounted = |label: &str| -> Result<()> {
+        let (managed, free) = pool_pages(host, memtide)?;
+        let mut used = 0;
+        for id in ["run", "b"] {
+            if let Ok((_, total)) = vm_sizes(host, memtide, id) {
+                used += total;
+            }
+        }
+        say(&format!(
+            "{label}: pool managed {managed}, free {free}, VMs (boot + plugged) {} pages",
+            used / PAGE
+        ));
+        assert_eq!(
+            free + used / PAGE,
+            managed,
+            "{label}: free + plugged + boot = managed"
+        );
+        Ok(())
+    };
+    resize(host, memtide, "768M")?;
+    let r = report_when(guest, m0 + 512 * MIB_KB, Duration::from_secs(60))?;
+    assert_eq!(r.mem_total_kib - m0, 512 * MIB_KB, "A grew by 512 MiB");
+    assert_eq!(guest.fill(64)?, 64);
+    t.mark("A: 512 MiB plugged, 64 MiB pattern");
+    create_b(host, memtide)?;
+    t.mark("b: agent ready");
+    accounted("before the move")?;
+    let start = Instant::now();
+    let out = host.check(
+        &format!("{memtide} vm rebalance run b 512M --wait 120 --api-sock {SOCK} 2>&1"),
+        Duration::from_secs(180),
+    )?;
+    say(&format!(
+        "rebalance 512 MiB run -> b: {:.2} s: {:?}",
+        start.elapsed().as_secs_f64(),
+        out.lines
+    ));
+    t.mark("512 MiB moved A -> b");
+    let (boot_a, total_a) = vm_sizes(host, memtide, "run")?;
+    let (boot_b, total_b) = vm_sizes(host, memtide, "b")?;
+    assert_eq!(total_a - boot_a, 0, "A gave all 512 MiB");
+    // b's guest plugs on its own time after the request; wait for it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut plugged_b = total_b - boot_b;
+    while plugged_b < 512 << 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let (b0, b1) = vm_sizes(host, memtide, "b")?;
+        plugged_b = b1 - b0;
+    }
+    assert_eq!(plugged_b, 512 << 20, "b plugged 512 MiB");
+    assert_eq!(guest.verify()?, 64, "A's pattern intact after the unplug");
+    assert_eq!(guest.free()?, 64);
+    let r = report_when(guest, m0, Duration::from_secs(30))?;
+    assert_eq!(r.mem_total_kib, m0, "A back to its boot RAM");
+    accounted("after the move")?;
+    host.check(
+        &format!(
+            "{memtide} vm shutdown b --api-sock {SOCK} && {memtide} vm delete b --api-sock {SOCK}"
+        ),
+        Duration::from_secs(60),
+    )?;
+    accounted("b deleted")?;
+    Ok(())
+}
+
+#[test]
+fn guest_grows_to_1g_and_back_through_virtio_mem() {
+    let mut t = Timeline::new("hotplug");
+    let memtide_local = memtide_binary();
+    let image = GuestImage::ensure().expect("guest image");
+    let cfg = HostConfig {
+        nodes_mib: vec![1536, 1536],
+        image: Some(image),
+        extra_binaries: vec![memtide_local],
+        ..HostConfig::default()
+    };
+    let (_sel, host) = KvmHost::start(&cfg).expect("a KVM host");
+    t.mark("host up");
+    let memtide = host.binary("memtide").expect("memtide in the host");
+    let argv = run_argv(
+        &host,
+        &memtide,
+        &[
+            "--vcpus",
+            "1",
+            "--numa",
+            "guest_numa_id=0,cpus=0,memory=256M,host_numa_id=0,hotplug_size=1G",
+            "--serve-sock",
+            SOCK,
+        ],
+    );
+    let mut guest = host
+        .boot_guest("grow", AGENT_TIMEOUT, |_| {
+            // A dead boot may leave its socket behind.
+            let _ = host.run(&format!("rm -f {SOCK}"), Duration::from_secs(10));
+            argv.clone()
+        })
+        .expect("guest boots");
+    t.mark("agent ready");
+    let r0 = guest.report().expect("report");
+    let (m0, mov0) = (r0.mem_total_kib, movable_kib(&r0));
+    let free0 = pool_free_pages(&host, &memtide).expect("pool");
+    say(&format!(
+        "boot: MemTotal {m0} kB, Movable {mov0} kB, pool free {free0} pages"
+    ));
+    // The guest's virtio-mem driver found the device (DSDT) on node 0.
+    let dmesg = guest
+        .sh("ls /sys/bus/virtio/drivers/virtio_mem/")
+        .expect("sysfs");
+    assert!(
+        dmesg.iter().any(|l| l.contains("virtio")),
+        "virtio_mem bound a device: {dmesg:?}"
+    );
+
+    let out = resize(&host, &memtide, "1G").expect("grow");
+    t.mark("grown to 1 GiB");
+    assert!(!out.contains("partial"), "{out}");
+    let r1 = report_when(&mut guest, m0 + 768 * MIB_KB, Duration::from_secs(60)).expect("report");
+    say(&format!(
+        "grown: MemTotal {} kB, Movable {} kB, Movable blocks online {}",
+        r1.mem_total_kib,
+        movable_kib(&r1),
+        r1.online_blocks_in("Movable")
+    ));
+    assert_eq!(
+        r1.mem_total_kib - m0,
+        768 * MIB_KB,
+        "MemTotal grew by 768 MiB"
+    );
+    assert_eq!(
+        movable_kib(&r1) - mov0,
+        768 * MIB_KB,
+        "all of it is ZONE_MOVABLE"
+    );
+    assert_eq!(
+        r1.online_blocks_in("Movable"),
+        6,
+        "six 128 MiB blocks online movable"
+    );
+    let free1 = pool_free_pages(&host, &memtide).expect("pool");
+    assert_eq!(free0 - free1, 768 * 256, "the pool gave exactly 768 MiB");
+    // The new memory works: user pages go to ZONE_MOVABLE first, so a 128 MiB pattern lands
+    // in plugged memory (first touches are slow under the emulated host: kept small).
+    assert_eq!(guest.fill(128).expect("fill"), 128);
+    let filled = guest.report().expect("report");
+    let used_movable = filled.zone(0, "Movable").map_or(0, |z| z.managed - z.free);
+    say(&format!("after fill: {used_movable} Movable pages in use"));
+    assert!(
+        used_movable >= 96 * 256,
+        "the pattern is in plugged memory: {used_movable} Movable pages in use"
+    );
+    assert_eq!(guest.verify().expect("verify"), 128);
+    assert_eq!(guest.free().expect("free"), 128);
+    t.mark("128 MiB filled and verified in plugged memory");
+
+    let out = resize(&host, &memtide, "256M").expect("shrink");
+    t.mark("shrunk to 256 MiB");
+    assert!(!out.contains("partial"), "{out}");
+    let r2 = report_when(&mut guest, m0, Duration::from_secs(60)).expect("report");
+    say(&format!(
+        "shrunk: MemTotal {} kB, Movable {} kB",
+        r2.mem_total_kib,
+        movable_kib(&r2)
+    ));
+    assert_eq!(r2.mem_total_kib, m0, "MemTotal back to boot");
+    assert_eq!(movable_kib(&r2), mov0, "ZONE_MOVABLE back to boot");
+    assert_eq!(
+        pool_free_pages(&host, &memtide).expect("pool"),
+        free0,
+        "every plugged page back in the pool"
+    );
+    rebalance_a_to_b(&host, &memtide, &mut guest, m0, &mut t).expect("rebalance A -> b");
+    assert_eq!(
+        pool_free_pages(&host, &memtide).expect("pool"),
+        free0,
+        "every page back in the pool"
+    );
+    assert_eq!(
+        guest.poweroff(Duration::from_secs(60)).expect("poweroff"),
+        0,
+        "memtide exits 0 after the guest's poweroff"
+    );
+    t.mark("powered off");
+}
