@@ -38,6 +38,12 @@ pub trait HotplugMemory: Send + Sync {
     /// Sets `requested_size` of `guest_node`'s device (a multiple of its block size, at
     /// most its usable size) and notifies the guest.
     fn set_requested(&self, guest_node: u32, bytes: u64) -> Result<(), String>;
+    /// Memory went back to the pool: devices whose guest was answered BUSY (pool short)
+    /// re-announce their configuration so the guest retries now, not at its retry timer.
+    /// Returns how many devices were kicked.
+    fn kick_busy(&self) -> usize {
+        0
+    }
 }
 
 /// A built VM, ready to run on a thread of its own.

@@ -474,7 +474,20 @@ impl ControlPlane {
                 "VM {id:?} did not stop within {STOP_TIMEOUT:?}"
             )));
         }
+        // Its memory is back in the pool: guests waiting for some retry now.
+        self.kick_busy();
         Ok(s.info())
+    }
+
+    /// Kicks every VM's virtio-mem devices that were answered BUSY (pool short); returns
+    /// how many.
+    fn kick_busy(&self) -> usize {
+        let slots: Vec<Arc<VmSlot>> = lock(&self.vms).values().cloned().collect();
+        slots
+            .iter()
+            .filter_map(|s| s.hotplug.as_ref())
+            .map(|h| h.kick_busy())
+            .sum()
     }
 
     /// Forgets a stopped VM.
@@ -581,6 +594,8 @@ impl ControlPlane {
             h.set_requested(n, t).map_err(ControlError::Internal)?;
         }
         let complete = s.wait_plugged(Duration::from_secs(req.wait_secs));
+        // A shrink gave memory back: guests waiting for some retry now.
+        self.kick_busy();
         Ok(ResizeResult {
             vm: s.info(),
             complete,
@@ -655,6 +670,7 @@ impl ControlPlane {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
+        self.kick_busy();
         let block = db.iter().map(|d| d.block_size).max().unwrap_or(RAM_ALIGN);
         let moved = released - released % block.max(1);
         if moved > 0 {

@@ -57,6 +57,19 @@ where
             .set_requested_size(bytes)
             .map_err(|e| e.to_string())
     }
+
+    fn kick_busy(&self) -> usize {
+        let mut kicked = 0;
+        for (_, t) in &self.devices {
+            let mut t = t.lock().unwrap_or_else(|p| p.into_inner());
+            let d = t.device_mut();
+            if d.busy_pending() && d.plugged_size() < d.requested_size() {
+                d.kick();
+                kicked += 1;
+            }
+        }
+        kicked
+    }
 }
 
 #[cfg(test)]
@@ -105,5 +118,59 @@ mod tests {
         assert!(h.set_requested(1, 512 << 20).is_err(), "beyond the region");
         assert!(h.set_requested(0, 2 << 20).is_err(), "no device on node 0");
         assert_eq!(h.nodes()[0].requested, 64 << 20);
+        assert_eq!(h.kick_busy(), 0, "nobody waits");
+    }
+
+    /// A backend that is out of memory until told otherwise.
+    struct ShortPool(Arc<std::sync::atomic::AtomicBool>);
+
+    impl MemoryBackend for ShortPool {
+        fn plug(&mut self, _: GuestAddress, size: u64) -> Result<(), BackendError> {
+            if self.0.load(std::sync::atomic::Ordering::Acquire) {
+                Err(BackendError::OutOfMemory(size))
+            } else {
+                Ok(())
+            }
+        }
+        fn unplug(&mut self, _: GuestAddress, _: u64) -> Result<(), BackendError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn busy_devices_are_kicked_when_memory_returns() {
+        use crate::devices::virtio::mem::{BlockRequest, Request, Response};
+        let (irq, line) = counting_interrupt();
+        let cfg = VirtioMemConfig {
+            addr: 4 << 30,
+            region_size: 256 << 20,
+            block_size: 2 << 20,
+            node_id: None,
+            requested_size: 0,
+        };
+        let short = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let dev = VirtioMem::new(cfg, ShortPool(short.clone()), irq.clone()).expect("device");
+        let t = Arc::new(Mutex::new(
+            MmioTransport::new(dev, test_memory(), irq).expect("transport"),
+        ));
+        let h = VirtioMemHotplug::new(vec![(0, t.clone())]);
+        h.set_requested(0, 4 << 20).expect("resize");
+        let plug = Request::Plug(BlockRequest {
+            addr: 4 << 30,
+            nb_blocks: 2,
+        });
+        let answer = t.lock().expect("lock").device_mut().handle_request(plug);
+        assert_eq!(answer, Response::Busy, "the pool is short");
+        assert!(t.lock().expect("lock").device().busy_pending());
+        let generation = t.lock().expect("lock").interrupt().config_generation();
+        short.store(false, std::sync::atomic::Ordering::Release);
+        assert_eq!(h.kick_busy(), 1);
+        assert!(!t.lock().expect("lock").device().busy_pending());
+        assert!(t.lock().expect("lock").interrupt().config_generation() > generation);
+        assert_eq!(h.kick_busy(), 0, "kicked once");
+        let answer = t.lock().expect("lock").device_mut().handle_request(plug);
+        assert_eq!(answer, Response::Ack);
+        assert_eq!(h.kick_busy(), 0, "plugged as requested");
+        let _ = line;
     }
 }
