@@ -10,11 +10,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use memtide_vmm::control::{PoolInfo, RebalanceResult, ResizeResult, VmInfo};
+use memtide_vmm::control::{BalloonReport, PoolInfo, RebalanceResult, ResizeResult, VmInfo};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::model::{CreateVmBody, ErrorBody, Health, RebalanceBody, ResizeBody};
+use crate::model::{BalloonBody, CreateVmBody, ErrorBody, Health, RebalanceBody, ResizeBody};
 
 /// Where the service listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +167,24 @@ impl Client {
     pub fn delete_vm(&self, id: &str) -> Result<(), ClientError> {
         let r = self.raw("DELETE", &format!("/v1/vms/{}", encode(id)), None)?;
         check(&r)
+    }
+
+    /// `GET /v1/vms/{id}/balloon`.
+    pub fn balloon(&self, id: &str) -> Result<BalloonReport, ClientError> {
+        self.call(
+            "GET",
+            &format!("/v1/vms/{}/balloon", encode(id)),
+            None::<&()>,
+        )
+    }
+
+    /// `PUT /v1/vms/{id}/balloon`.
+    pub fn set_balloon(&self, id: &str, body: &BalloonBody) -> Result<BalloonReport, ClientError> {
+        self.call(
+            "PUT",
+            &format!("/v1/vms/{}/balloon", encode(id)),
+            Some(body),
+        )
     }
 
     /// `PUT /v1/vms/{id}/resize`.

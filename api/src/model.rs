@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use memtide_vmm::config::parse_size;
-use memtide_vmm::control::{CreateVm, Rebalance, ResizeVm};
+use memtide_vmm::control::{BalloonTarget, CreateVm, Rebalance, ResizeVm, SetBalloon};
 use memtide_vmm::{NumaNodeConfig, VmConfig};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -205,6 +205,34 @@ impl ResizeBody {
             size: self.size.0,
             wait_secs: self.wait_secs,
         }
+    }
+}
+
+/// `PUT /v1/vms/{id}/balloon`: exactly one of the two sizes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonBody {
+    /// The memory the guest should end up with (its boot RAM minus the balloon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_size: Option<Size>,
+    /// The memory the balloon should hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon_size: Option<Size>,
+}
+
+impl BalloonBody {
+    /// The control plane's verb; exactly one size must be given.
+    pub fn into_verb(self, id: String) -> Result<SetBalloon, BodyError> {
+        let target = match (self.guest_size, self.balloon_size) {
+            (Some(g), None) => BalloonTarget::GuestSize(g.0),
+            (None, Some(b)) => BalloonTarget::BalloonSize(b.0),
+            _ => {
+                return Err(BodyError(
+                    "give exactly one of guest_size and balloon_size".into(),
+                ))
+            }
+        };
+        Ok(SetBalloon { id, target })
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 
 use common::TestServer;
-use memtide_api::model::{CreateVmBody, NumaBody, RebalanceBody, ResizeBody, Size};
+use memtide_api::model::{BalloonBody, CreateVmBody, NumaBody, RebalanceBody, ResizeBody, Size};
 use memtide_api::server::routes::openapi::OPENAPI_JSON;
 use memtide_api::server::routes::ROUTES;
 use memtide_vmm::control::VmState;
@@ -212,6 +212,42 @@ fn request(c: &Case) -> Vec<u8> {
     let mut bytes = r.into_bytes();
     bytes.extend_from_slice(body);
     bytes
+}
+
+#[test]
+fn balloon_routes_set_and_read_the_target() {
+    let s = TestServer::start(true);
+    let c = s.client();
+    c.create_vm(&vm("a", 64 * M, 0)).expect("a");
+    let b = c.balloon("a").expect("balloon on by default");
+    assert_eq!((b.guest_ram, b.target_bytes), (64 * M, 0));
+    let r = c
+        .set_balloon(
+            "a",
+            &BalloonBody {
+                guest_size: Some(Size(48 * M)),
+                balloon_size: None,
+            },
+        )
+        .expect("guest size");
+    assert_eq!((r.target_bytes, r.guest_size), (16 * M, 48 * M));
+    let r = c
+        .set_balloon(
+            "a",
+            &BalloonBody {
+                guest_size: None,
+                balloon_size: Some(Size(8 * M)),
+            },
+        )
+        .expect("balloon size");
+    assert_eq!(r.target_bytes, 8 * M);
+    let info = c.vm("a").expect("vm");
+    assert_eq!(info.balloon.map(|b| b.actual_bytes), Some(8 * M));
+    let metrics = c.metrics().expect("metrics");
+    assert!(
+        metrics.contains("memtide_vm_balloon_bytes{vm=\"a\",kind=\"target\"} 8388608"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -428,6 +464,27 @@ fn hostile_requests_get_clean_4xx_and_change_nothing() {
         ),
         json_case("PUT", "/v1/vms/b/resize", "{\"size\":\"128M\"}", 409),
         json_case("PUT", "/v1/vms/nope/resize", "{\"size\":\"128M\"}", 404),
+        // Bad balloon targets.
+        json_case("PUT", "/v1/vms/a/balloon", "{}", 400),
+        json_case(
+            "PUT",
+            "/v1/vms/a/balloon",
+            "{\"guest_size\":\"32M\",\"balloon_size\":\"32M\"}",
+            400,
+        ),
+        json_case("PUT", "/v1/vms/a/balloon", "{\"guest_size\":3000}", 400),
+        json_case("PUT", "/v1/vms/a/balloon", "{\"balloon_size\":-4096}", 400),
+        json_case("PUT", "/v1/vms/a/balloon", "{\"size\":\"32M\"}", 400),
+        json_case("PUT", "/v1/vms/a/balloon", "{\"balloon_size\":\"1G\"}", 422),
+        json_case("PUT", "/v1/vms/a/balloon", "{\"guest_size\":\"65M\"}", 422),
+        json_case(
+            "PUT",
+            "/v1/vms/nope/balloon",
+            "{\"guest_size\":\"32M\"}",
+            404,
+        ),
+        bare("GET", "/v1/vms/nope/balloon", 404),
+        bare("DELETE", "/v1/vms/a/balloon", 405),
         // Bad rebalances.
         json_case(
             "PUT",

@@ -126,6 +126,43 @@ pub fn render(pool: &PoolInfo, vms: &[VmInfo], responses: &[(u16, u64)]) -> Stri
     }
     head(
         &mut m,
+        "memtide_vm_balloon_bytes",
+        "gauge",
+        "A VM's virtio-balloon: target, actual (driver), ballooned (host memory given back), guest_size.",
+    );
+    for v in vms {
+        let Some(b) = &v.balloon else { continue };
+        for (kind, x) in [
+            ("target", b.target_bytes),
+            ("actual", b.actual_bytes),
+            ("ballooned", b.ballooned_bytes),
+            ("guest_size", b.guest_size),
+        ] {
+            let _ = writeln!(
+                m,
+                "memtide_vm_balloon_bytes{{vm=\"{}\",kind=\"{kind}\"}} {x}",
+                label(&v.id)
+            );
+        }
+    }
+    head(
+        &mut m,
+        "memtide_vm_balloon_stat",
+        "gauge",
+        "The guest's latest virtio-balloon statistics, by virtio stat name.",
+    );
+    for v in vms {
+        for (stat, x) in v.balloon.iter().flat_map(|b| b.stats.iter().flatten()) {
+            let _ = writeln!(
+                m,
+                "memtide_vm_balloon_stat{{vm=\"{}\",stat=\"{}\"}} {x}",
+                label(&v.id),
+                label(stat)
+            );
+        }
+    }
+    head(
+        &mut m,
         "memtide_api_responses_total",
         "counter",
         "API responses by HTTP status code.",

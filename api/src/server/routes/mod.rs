@@ -31,6 +31,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/vms/{id}/resume"),
     ("PUT", "/v1/vms/{id}/shutdown"),
     ("PUT", "/v1/vms/{id}/resize"),
+    ("GET", "/v1/vms/{id}/balloon"),
+    ("PUT", "/v1/vms/{id}/balloon"),
     ("PUT", "/v1/rebalance"),
 ];
 
@@ -48,6 +50,10 @@ pub fn routes() -> axum::Router<AppState> {
         .route("/v1/vms/{id}/resume", put(vms::resume))
         .route("/v1/vms/{id}/shutdown", put(vms::shutdown))
         .route("/v1/vms/{id}/resize", put(vms::resize))
+        .route(
+            "/v1/vms/{id}/balloon",
+            get(vms::balloon_info).put(vms::set_balloon),
+        )
         .route("/v1/rebalance", put(rebalance::put))
 }
 

@@ -1,12 +1,12 @@
-//! `/v1/vms`: create, list, info, pause, resume, shutdown, resize, delete.
+//! `/v1/vms`: create, list, info, pause, resume, shutdown, resize, balloon, delete.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use memtide_vmm::control::{ResizeResult, VmInfo};
+use memtide_vmm::control::{BalloonReport, ResizeResult, VmInfo};
 
 use super::{blocking, ApiJson, ApiPath};
-use crate::model::{CreateVmBody, ResizeBody};
+use crate::model::{BalloonBody, CreateVmBody, ResizeBody};
 use crate::server::error::ApiError;
 use crate::server::AppState;
 
@@ -74,4 +74,26 @@ pub async fn resize(
 ) -> Result<Json<ResizeResult>, ApiError> {
     let verb = body.into_verb(id);
     blocking(&state, move |p| p.resize(&verb)).await.map(Json)
+}
+
+/// `GET /v1/vms/{id}/balloon`.
+pub async fn balloon_info(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<BalloonReport>, ApiError> {
+    blocking(&state, move |p| p.balloon_info(&id))
+        .await
+        .map(Json)
+}
+
+/// `PUT /v1/vms/{id}/balloon`: sets the target; returns at once (poll GET for progress).
+pub async fn set_balloon(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<BalloonBody>,
+) -> Result<Json<BalloonReport>, ApiError> {
+    let verb = body.into_verb(id)?;
+    blocking(&state, move |p| p.set_balloon(&verb))
+        .await
+        .map(Json)
 }
