@@ -87,6 +87,46 @@ fn vm_and_pool_commands() {
     assert!(err.contains("is paused: cannot pause (HTTP 409)"), "{err}");
     assert_eq!(memtide(&s, &["vm", "resume", "a"]).0, 0);
 
+    // The balloon: set in either size, show, refuse bad targets with exit 2.
+    let (code, out, err) = memtide(&s, &["vm", "balloon", "b", "--guest-size", "48M"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("16M target, 16M actual, 16M ballooned; guest keeps 48M of 64M"),
+        "{out}"
+    );
+    let (code, out, err) = memtide(&s, &["vm", "balloon", "b", "--balloon-size", "8M"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("8M target"), "{out}");
+    let (code, out, _) = memtide(&s, &["vm", "info", "b"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("guest keeps 56M of 64M"), "{out}");
+    for args in [
+        &["vm", "balloon", "b", "--guest-size", "100M"][..],
+        &["vm", "balloon", "b", "--balloon-size", "12X"],
+        &[
+            "vm",
+            "balloon",
+            "b",
+            "--guest-size",
+            "8M",
+            "--balloon-size",
+            "8M",
+        ],
+        &["vm", "balloon", "nope", "--guest-size", "8M"],
+    ] {
+        let (code, _, err) = memtide(&s, args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("error"), "{args:?}: {err}");
+    }
+    let (code, out, _) = memtide(&s, &["vm", "balloon", "b", "--json"]);
+    assert_eq!(code, 0);
+    let b: serde_json::Value = serde_json::from_str(&out).expect("balloon JSON");
+    assert_eq!(
+        b["target_bytes"],
+        8 << 20,
+        "unchanged by the refused targets"
+    );
+
     let (code, out, _) = memtide(&s, &["pool", "--json"]);
     assert_eq!(code, 0);
     let p: PoolInfo = serde_json::from_str(&out).expect("PoolInfo JSON");

@@ -6,6 +6,7 @@
 //! memtide vm create [--id ID] [the flags of memtide run]
 //! memtide vm resize ID SIZE [--node N] [--wait SECS]
 //! memtide vm rebalance FROM TO SIZE [--from-node N] [--to-node N] [--wait SECS]
+//! memtide vm balloon ID [--guest-size SIZE | --balloon-size SIZE]
 //! ```
 //!
 //! Human tables by default, the API's JSON with `--json`. Exit status: 0 success, 2 when
@@ -18,13 +19,13 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use memtide_vmm::config::parse_size;
-use memtide_vmm::control::{RebalanceResult, VmInfo};
+use memtide_vmm::control::{BalloonReport, RebalanceResult, VmInfo};
 use memtide_vmm::SerialOutput;
 use serde::Serialize;
 
 use super::run::{config_from_args, ArgsError, RunArgs};
 use crate::client::{Client, ClientError, Endpoint};
-use crate::model::{CreateVmBody, NumaBody, RebalanceBody, ResizeBody, Size};
+use crate::model::{BalloonBody, CreateVmBody, NumaBody, RebalanceBody, ResizeBody, Size};
 
 /// Default API socket.
 pub const DEFAULT_SOCK: &str = "/run/memtide.sock";
@@ -107,6 +108,18 @@ pub enum VmCommand {
         /// Wait up to this many seconds for FROM to give the memory back.
         #[arg(long, default_value_t = 60)]
         wait: u64,
+    },
+    /// Show a VM's virtio-balloon, or set its target: the memory the guest should end up
+    /// with (--guest-size) or the memory the balloon should hold (--balloon-size).
+    Balloon {
+        /// VM id.
+        id: String,
+        /// The guest should end up with this much of its boot RAM, e.g. 512M.
+        #[arg(long, conflicts_with = "balloon_size")]
+        guest_size: Option<String>,
+        /// The balloon should hold this much, e.g. 256M (0 deflates it).
+        #[arg(long)]
+        balloon_size: Option<String>,
     },
     /// Pause a running VM.
     Pause {
@@ -221,6 +234,9 @@ pub fn info_table(v: &VmInfo) -> String {
     if let Some(c) = &v.console {
         out.push_str(&format!("console:     {c}\n"));
     }
+    if let Some(b) = &v.balloon {
+        out.push_str(&balloon_table(b));
+    }
     out.push_str(&format!(
         "{:<5} {:<5} {:<10} {:>8} {:>9} {:>8} {:>9} {:>8}\n",
         "NODE", "HOST", "VCPUS", "BOOT", "HOTPLUG", "PLUGGED", "REQUESTED", "USABLE"
@@ -242,6 +258,24 @@ pub fn info_table(v: &VmInfo) -> String {
             mib(n.requested),
             mib(n.usable)
         ));
+    }
+    out
+}
+
+/// The table of a balloon.
+pub fn balloon_table(b: &BalloonReport) -> String {
+    let mut out = format!(
+        "balloon:     {} target, {} actual, {} ballooned; guest keeps {} of {}{}\n",
+        mib(b.target_bytes),
+        mib(b.actual_bytes),
+        mib(b.ballooned_bytes),
+        mib(b.guest_size),
+        mib(b.guest_ram),
+        if b.active { "" } else { " (no driver yet)" }
+    );
+    if let Some(stats) = &b.stats {
+        let s: Vec<String> = stats.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push_str(&format!("guest stats: {}\n", s.join(" ")));
     }
     out
 }
@@ -414,6 +448,32 @@ pub fn run(args: &VmArgs) -> ExitCode {
                 Ok(_) => follow_resize(&client, id, *wait, json),
                 Err(e) => exit_for("vm resize", &e),
             }
+        }
+        VmCommand::Balloon {
+            id,
+            guest_size,
+            balloon_size,
+        } => {
+            let (guest_size, balloon_size) = match (
+                guest_size.as_deref().map(size_of).transpose(),
+                balloon_size.as_deref().map(size_of).transpose(),
+            ) {
+                (Ok(g), Ok(b)) => (g, b),
+                (Err(e), _) | (_, Err(e)) => return bad(e),
+            };
+            if guest_size.is_none() && balloon_size.is_none() {
+                return report("vm balloon", client.balloon(id), json, balloon_table);
+            }
+            let body = BalloonBody {
+                guest_size,
+                balloon_size,
+            };
+            report(
+                "vm balloon",
+                client.set_balloon(id, &body),
+                json,
+                balloon_table,
+            )
         }
         VmCommand::Rebalance {
             from,
