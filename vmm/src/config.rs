@@ -64,6 +64,12 @@ pub enum ConfigError {
     /// Guest RAM beyond what x86_64 guests can address here (1 TiB).
     #[error("guest memory {0} bytes is beyond memtide's 1 TiB limit")]
     MemoryTooLarge(u64),
+    /// The virtio-mem block size is not a power of two from 2 MiB to 1 GiB.
+    #[error("virtio-mem block size {0:#x} is not a power of two from 2 MiB to 1 GiB")]
+    HotplugBlockSize(u64),
+    /// A hot-pluggable range is not a multiple of the virtio-mem block size.
+    #[error("hotplug_size {0:#x} of guest NUMA node {1} is not a multiple of the virtio-mem block size {2:#x}")]
+    HotplugNotBlocks(u64, u32, u64),
 }
 
 /// Parses a size: a decimal number with an optional binary suffix `K`, `M`, `G` or `T`
@@ -212,6 +218,9 @@ pub struct VmConfig {
     pub serial_input: bool,
     /// The virtio-balloon device, if any (default: [`crate::balloon::default_balloon_config`]).
     pub balloon: Option<crate::devices::virtio::balloon::VirtioBalloonConfig>,
+    /// Block size of the virtio-mem devices (default [`crate::hotplug::DEFAULT_BLOCK_SIZE`],
+    /// a power of two from 2 MiB to 1 GiB).
+    pub hotplug_block_size: u64,
 }
 
 impl VmConfig {
@@ -229,6 +238,7 @@ impl VmConfig {
             serial_output: SerialOutput::Stdout,
             serial_input: true,
             balloon: Some(crate::balloon::default_balloon_config()),
+            hotplug_block_size: crate::hotplug::DEFAULT_BLOCK_SIZE,
         }
     }
 
@@ -298,6 +308,17 @@ impl VmConfig {
             }
             if !n.hotplug_size.is_multiple_of(HOTPLUG_ALIGN) {
                 return Err(ConfigError::UnalignedHotplug(n.hotplug_size, n.guest_node));
+            }
+            let bs = self.hotplug_block_size;
+            if !bs.is_power_of_two() || !(2 << 20..=1 << 30).contains(&bs) {
+                return Err(ConfigError::HotplugBlockSize(bs));
+            }
+            if !n.hotplug_size.is_multiple_of(bs) {
+                return Err(ConfigError::HotplugNotBlocks(
+                    n.hotplug_size,
+                    n.guest_node,
+                    bs,
+                ));
             }
             for &c in &n.vcpus {
                 let slot = owner.get_mut(c as usize).ok_or(ConfigError::NoSuchVcpu(
@@ -420,6 +441,31 @@ mod tests {
             c.validate(),
             Err(ConfigError::MemoryMismatch(_, _))
         ));
+    }
+
+    #[test]
+    fn hotplug_block_size_is_checked() {
+        let mut c = cfg();
+        c.numa = vec![NumaNodeConfig {
+            guest_node: 0,
+            vcpus: vec![0, 1],
+            memory: 512 << 20,
+            host_node: 0,
+            hotplug_size: 384 << 20,
+        }];
+        assert_eq!(c.hotplug_block_size, 2 << 20, "default");
+        c.validate().expect("valid");
+        for bad in [0, 1 << 20, 3 << 20, 2 << 30] {
+            c.hotplug_block_size = bad;
+            assert_eq!(c.validate(), Err(ConfigError::HotplugBlockSize(bad)));
+        }
+        c.hotplug_block_size = 128 << 20;
+        c.validate().expect("384 MiB is three 128 MiB blocks");
+        c.hotplug_block_size = 256 << 20;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::HotplugNotBlocks(384 << 20, 0, 256 << 20))
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::devices::virtio::balloon::AttachError;
 use crate::devices::{BusError, PioBus};
 use crate::event_loop::{EventLoop, EventLoopError};
 use crate::exit::{ExitReason, ExitSignal};
-use crate::hotplug::{HotplugError, VmHotplug, DEFAULT_BLOCK_SIZE};
+use crate::hotplug::{HotplugError, VmHotplug};
 use crate::layout::{GuestMemoryMap, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::memory::backing::BackingAllocator;
 use crate::memory::host::{host_node_bytes, host_node_exists, HostMemory, HostMemoryError};
@@ -408,7 +408,7 @@ impl Prepared {
                     ram.next_slot(),
                     pool,
                     &host,
-                    DEFAULT_BLOCK_SIZE,
+                    config.hotplug_block_size,
                 )?
                 .map(Arc::new),
                 None => None,

@@ -56,6 +56,9 @@ pub struct RunArgs {
     /// `memtide vm resize run SIZE --api-sock PATH` (virtio-mem, needs hotplug_size).
     #[arg(long, value_name = "PATH")]
     pub serve_sock: Option<PathBuf>,
+    /// virtio-mem block size (a power of two from 2 MiB to 1 GiB; default 2M).
+    #[arg(long, value_name = "SIZE")]
+    pub hotplug_block_size: Option<String>,
     /// With --serve-sock: the host pool's movablecore= (default: room for the hotplug sizes).
     #[arg(long, value_name = "SPEC", requires = "serve_sock")]
     pub pool_movablecore: Option<String>,
@@ -140,6 +143,9 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, ArgsError> {
         c.serial_output = SerialOutput::File(f.clone());
     }
     c.serial_input = !args.no_stdin;
+    if let Some(b) = &args.hotplug_block_size {
+        c.hotplug_block_size = parse_size(b).map_err(|e| (2, e.to_string()))?;
+    }
     Ok(c)
 }
 

@@ -342,3 +342,27 @@ fn attach_wires_one_device_per_hotplug_node() {
     alloc.free(ram.extents());
     assert_eq!(free_pages(&f), before);
 }
+
+#[test]
+fn blocks_larger_than_the_pools_largest_order_take_several_pool_blocks() {
+    let f = fixture();
+    let before = free_pages(&f);
+    let mut b = backend(&f, 8 << 20);
+    b.plug(GuestAddress(START + (8 << 20)), 16 << 20)
+        .expect("two 8 MiB blocks");
+    let blocks = b.pool_blocks();
+    assert_eq!(blocks.len(), 4, "four order-10 blocks: {blocks:?}");
+    assert!(blocks.iter().all(|&(_, o)| o == 10));
+    write(&f, 8 << 20, 7);
+    write(&f, (24 << 20) - 1, 9);
+    assert_eq!((read(&f, 8 << 20), read(&f, (24 << 20) - 1)), (7, 9));
+    assert!(
+        b.plug(GuestAddress(START + (4 << 20)), 8 << 20).is_err(),
+        "not block aligned"
+    );
+    b.unplug(GuestAddress(START + (16 << 20)), 8 << 20)
+        .expect("unplug the second");
+    assert!(!accessible(&f, 16 << 20) && accessible(&f, 8 << 20));
+    drop(b);
+    assert_eq!(free_pages(&f), before);
+}
