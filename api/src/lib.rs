@@ -5,5 +5,6 @@
 
 pub mod cli;
 pub mod client;
+pub mod hosted;
 pub mod model;
 pub mod server;

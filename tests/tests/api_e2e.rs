@@ -6,7 +6,7 @@
 //! down and delete them; the pool's free pages come back exactly.
 //!
 //! A VM whose guest dies or stays silent before the guest agent's first line on its console
-//! is booted again at most twice (KVM-HOST.md's dead-boot policy, via `retry_boot`).
+//! is booted again at most twice (KVM-HOST.md's dead-boot policy, via `memtide_api::hosted::boot_vm`).
 
 #[allow(dead_code)] // run_argv is for the `memtide run` tests
 mod common;
@@ -15,12 +15,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::memtide_binary;
-use memtide_api::client::{Client, ClientError, Endpoint};
+use memtide_api::client::{Client, ClientError};
+use memtide_api::hosted;
 use memtide_api::model::{CreateVmBody, NumaBody, RebalanceBody, ResizeBody, Size};
-use memtide_testbed::retry::wait_until;
-use memtide_testbed::{
-    retry_boot, say, Error, GuestImage, HostConfig, KvmHost, Policy, Result, Timeline,
-};
+use memtide_testbed::{say, GuestImage, HostConfig, KvmHost, Result, Timeline};
 use memtide_vmm::control::{VmInfo, VmState};
 
 const M: u64 = 1 << 20;
@@ -29,101 +27,28 @@ const SOCK: &str = "/tmp/memtide.sock";
 const AGENT_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn body(host: &KvmHost, id: &str, vcpus: u32, numa: Vec<NumaBody>) -> CreateVmBody {
-    CreateVmBody {
-        id: Some(id.into()),
-        kernel: host.guest_kernel(),
-        initrd: Some(host.guest_initrd()),
-        cmdline: Some("quiet loglevel=1".into()),
+    hosted::vm_body(
+        host,
+        id,
         vcpus,
-        memory: None,
         numa,
-        kernelcore: None,
-        movablecore: None,
-        console: Some(format!("/tmp/{id}.console")),
-    }
+        "quiet loglevel=1",
+        &format!("/tmp/{id}.console"),
+    )
 }
 
 fn node(id: u32, cpus: Vec<u32>, mib: u64, host_node: u32, hotplug_mib: u64) -> NumaBody {
-    NumaBody {
-        guest_numa_id: id,
-        cpus,
-        memory: Size(mib * M),
-        host_numa_id: host_node,
-        hotplug_size: Size(hotplug_mib * M),
-    }
+    hosted::numa_node(id, cpus, mib * M, host_node, hotplug_mib * M)
 }
 
-fn api(e: ClientError) -> Error {
-    Error::Config(format!("API: {e}"))
-}
-
-/// Creates the VM; returns when it was created.
 fn create(c: &Client, b: &CreateVmBody) -> Result<Instant> {
-    let start = Instant::now();
-    let info = c.create_vm(b).map_err(api)?;
-    assert_eq!(
-        info.state,
-        VmState::Running,
-        "{:?}: running after create",
-        b.id
-    );
-    Ok(start)
-}
-
-/// Waits for the guest agent's first line on the VM's console. A VM that stops first is
-/// dead, one without the line in time is silent: both are deleted and reported as dead
-/// guests (so `retry_boot` boots them again).
-fn wait_agent(host: &KvmHost, c: &Client, b: &CreateVmBody, start: Instant) -> Result<VmInfo> {
-    let id = b.id.clone().unwrap_or_default();
-    let console = b.console.clone().unwrap_or_default();
-    loop {
-        let out = host.run(
-            &format!("grep -c 'AGENT ready' {console} 2>/dev/null"),
-            Duration::from_secs(10),
-        )?;
-        if out.lines.last().is_some_and(|l| l.trim() != "0") {
-            say(&format!(
-                "{id}: guest agent ready {:.1} s after create",
-                start.elapsed().as_secs_f64()
-            ));
-            return c.vm(&id).map_err(api);
-        }
-        let v = c.vm(&id).map_err(api)?;
-        let dead = v.state == VmState::Stopped;
-        if dead || start.elapsed() > AGENT_TIMEOUT {
-            let tail = host
-                .run(&format!("tail -n 5 {console}"), Duration::from_secs(10))?
-                .text();
-            if !dead {
-                c.vm_verb(&id, "shutdown").map_err(api)?;
-            }
-            c.delete_vm(&id).map_err(api)?;
-            return Err(if dead {
-                Error::GuestDied {
-                    label: id,
-                    status: format!(" ({})", v.exit_reason.unwrap_or_default()),
-                    tail,
-                }
-            } else {
-                Error::GuestSilent {
-                    label: id,
-                    waited: AGENT_TIMEOUT,
-                    tail,
-                }
-            });
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    hosted::create_vm(c, b)
 }
 
 /// Waits for a VM created at `first` (boot 1); boots it again on a dead guest.
 fn boot(host: &KvmHost, c: &Client, b: &CreateVmBody, first: Instant) -> VmInfo {
-    let id = b.id.clone().unwrap_or_default();
-    retry_boot(&id, Policy::Guest, |attempt| {
-        let start = if attempt == 1 { first } else { create(c, b)? };
-        wait_agent(host, c, b, start)
-    })
-    .unwrap_or_else(|e| panic!("VM {id}: {e}"))
+    hosted::boot_vm(host, c, b, first, AGENT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("VM {:?}: {e}", b.id))
 }
 
 fn free_pages(c: &Client) -> u64 {
@@ -229,30 +154,17 @@ fn api_creates_and_drives_two_vms_from_outside_the_host() {
     let (_sel, host) = KvmHost::start(&cfg).expect("a KVM host");
     t.mark("host up");
     let memtide = host.binary("memtide").expect("memtide in the host");
-    let pid = host
-        .spawn_daemon(
-            &[
-                memtide.clone(),
-                "serve".into(),
-                "--api-sock".into(),
-                SOCK.into(),
-                "--http".into(),
-                format!("0.0.0.0:{PORT}"),
-                "--movablecore".into(),
-                "25%".into(),
-            ],
-            "/tmp/serve.log",
-        )
-        .expect("memtide serve");
-    let addr = host.forwarded(PORT).expect("forwarded port");
-    let c = Client::new(Endpoint::Tcp(addr), Duration::from_secs(120)).expect("client");
-    wait_until(
-        "memtide serve answers",
+    let svc = hosted::start_serve(
+        &host,
+        &memtide,
+        PORT,
+        SOCK,
+        "/tmp/serve.log",
+        &["--movablecore", "25%"],
         Duration::from_secs(30),
-        Duration::from_millis(200),
-        || Ok(c.health().is_ok()),
     )
-    .expect("service up");
+    .expect("memtide serve");
+    let (pid, addr, c) = (svc.pid, svc.addr, &svc.client);
     t.mark("service up");
     let sock = host
         .check(&format!("ls -l {SOCK}"), Duration::from_secs(10))
@@ -297,10 +209,10 @@ fn api_creates_and_drives_two_vms_from_outside_the_host() {
         vec![node(0, vec![0], 128, 0, 0), node(1, vec![], 128, 1, 256)],
     );
     // Both boot at once (one vCPU each on the host's two).
-    let (ta, tb) = (create(&c, &a).expect("a"), create(&c, &b).expect("b"));
-    let va = boot(&host, &c, &a, ta);
+    let (ta, tb) = (create(c, &a).expect("a"), create(c, &b).expect("b"));
+    let va = boot(&host, c, &a, ta);
     t.mark("a: agent ready");
-    let vb = boot(&host, &c, &b, tb);
+    let vb = boot(&host, c, &b, tb);
     t.mark("b: agent ready");
     assert_eq!((va.vcpus, va.boot_memory, va.nodes.len()), (1, 256 * M, 1));
     assert_eq!((vb.vcpus, vb.boot_memory, vb.nodes.len()), (1, 256 * M, 2));
@@ -311,7 +223,7 @@ fn api_creates_and_drives_two_vms_from_outside_the_host() {
     let list = c.list_vms().expect("list");
     assert!(list.iter().all(|v| v.state == VmState::Running), "{list:?}");
     // Boot RAM comes from the pool in whole blocks: exactly 512 MiB less free.
-    assert_eq!(pool0.free_pages - free_pages(&c), 512 * M / 4096);
+    assert_eq!(pool0.free_pages - free_pages(c), 512 * M / 4096);
 
     let metrics = c.metrics().expect("metrics");
     for want in [
@@ -391,7 +303,7 @@ fn api_creates_and_drives_two_vms_from_outside_the_host() {
         say("resize/rebalance: 501, memtide's VMs have no virtio-mem device yet");
     }
 
-    hostile(&c);
+    hostile(c);
     t.mark("hostile requests rejected");
 
     for id in ["a", "b"] {
@@ -402,26 +314,14 @@ fn api_creates_and_drives_two_vms_from_outside_the_host() {
     }
     assert!(c.list_vms().expect("list").is_empty());
     assert_eq!(
-        free_pages(&c),
+        free_pages(c),
         pool0.free_pages,
         "every page back in the pool"
     );
     t.mark("VMs shut down and deleted");
 
-    host.check(&format!("kill -TERM {pid}"), Duration::from_secs(10))
+    svc.stop(&host, Duration::from_secs(20))
         .expect("stop serve");
-    wait_until(
-        "memtide serve removes its socket",
-        Duration::from_secs(20),
-        Duration::from_millis(300),
-        || {
-            Ok(host
-                .run(&format!("test -e {SOCK}"), Duration::from_secs(10))?
-                .status
-                != 0)
-        },
-    )
-    .expect("socket removed");
     let log = host
         .check("cat /tmp/serve.log", Duration::from_secs(10))
         .expect("log");

@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 bad input (clap's own usage errors are 2 too).
 
+pub mod demo;
 pub mod image;
 pub mod pool;
 pub mod run;
@@ -37,6 +38,8 @@ pub enum Command {
     Vm(vm::VmArgs),
     /// Show a running service's host memory pool.
     Pool(pool::PoolArgs),
+    /// The main job end to end: two guests in a KVM host, memory moved from one to the other.
+    Demo(demo::DemoArgs),
 }
 
 /// Parses the process arguments, runs the subcommand and returns the process exit code.
@@ -49,5 +52,6 @@ pub fn run() -> ExitCode {
         Command::Serve(args) => serve::run(&args),
         Command::Vm(args) => vm::run(&args),
         Command::Pool(args) => pool::run(&args),
+        Command::Demo(args) => demo::run(&args),
     }
 }
