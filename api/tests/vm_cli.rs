@@ -154,6 +154,17 @@ fn vm_and_pool_commands() {
         &[
             "vm", "create", "--id", "a", "--kernel", "/k", "--memory", "64M",
         ],
+        &[
+            "vm",
+            "create",
+            "--id",
+            "c",
+            "--kernel",
+            "/k",
+            "--memory",
+            "64M",
+            "--no-balloon",
+        ],
     ] {
         let (code, _, err) = memtide(&s, args);
         assert_eq!(code, 2, "{args:?}: {err}");

@@ -62,6 +62,9 @@ pub struct RunArgs {
     /// With --serve-sock: the host pool's movablecore= (default: room for the hotplug sizes).
     #[arg(long, value_name = "SPEC", requires = "serve_sock")]
     pub pool_movablecore: Option<String>,
+    /// virtio-balloon options.
+    #[command(flatten)]
+    pub balloon: super::balloon_args::BalloonArgs,
 }
 
 /// The harness's guest image in `cache`: `(kernel, initrd)`.
@@ -146,6 +149,7 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, ArgsError> {
     if let Some(b) = &args.hotplug_block_size {
         c.hotplug_block_size = parse_size(b).map_err(|e| (2, e.to_string()))?;
     }
+    args.balloon.apply(&mut c);
     Ok(c)
 }
 

@@ -77,7 +77,7 @@ pub enum VmCommand {
         id: String,
     },
     /// Create and boot a VM.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Resize a VM (or one guest node) to SIZE of memory in all (boot + hot-plugged).
     Resize {
         /// VM id.
@@ -310,6 +310,12 @@ fn absolute(p: &Path) -> String {
 
 /// `memtide vm create` arguments → the API body (parsed and defaulted as `memtide run`).
 pub fn create_body(args: &CreateArgs) -> Result<CreateVmBody, ArgsError> {
+    if !args.run.balloon.is_default() {
+        return Err((
+            2,
+            "the balloon flags are for memtide run: the API's create body has no balloon options yet (its VMs get the default balloon)".into(),
+        ));
+    }
     let c = config_from_args(&args.run)?;
     Ok(CreateVmBody {
         id: args.id.clone(),
