@@ -1,0 +1,196 @@
+//! virtio-balloon on a real Linux guest (issue 7): `memtide run` with 768 MiB and the REST API
+//! on a socket inside the emulated host. The guest touches most of its memory (agent fill,
+//! then free); inflating by 256 MiB through `memtide vm balloon` lowers the guest's MemTotal
+//! by 256 MiB and memtide's resident shared memory (the memfd pages behind guest RAM) by
+//! about as much; the guest's statistics arrive and follow an agent allocation; deflating
+//! restores MemTotal.
+//!
+//! The guest is booted with the dead-boot policy (`KvmHost::boot_guest`); wrong results are
+//! never retried.
+
+#[allow(dead_code)]
+mod common;
+
+use common::{memtide_binary, run_argv};
+use memtide_testbed::{say, GuestImage, HostConfig, KvmHost, Result, Timeline};
+use std::time::{Duration, Instant};
+
+const AGENT_TIMEOUT: Duration = Duration::from_secs(150);
+const SOCK: &str = "/tmp/run.sock";
+const MIB: u64 = 1 << 20;
+
+/// The first integer after `"key":` in `text` (None for `null` or a missing key).
+fn num(text: &str, key: &str) -> Option<u64> {
+    text.split(&format!("\"{key}\":"))
+        .nth(1)?
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `memtide vm balloon run [args] --json`.
+fn balloon(host: &KvmHost, memtide: &str, args: &str) -> Result<String> {
+    Ok(host
+        .check(
+            &format!("{memtide} vm balloon run {args} --json --api-sock {SOCK}"),
+            Duration::from_secs(30),
+        )?
+        .text())
+}
+
+/// memtide's resident shared memory (RssShmem: the memfd pages behind guest RAM), bytes.
+fn memtide_shmem(host: &KvmHost) -> Result<u64> {
+    let out = host.check(
+        "p=$(grep -l '^memtide$' /proc/[0-9]*/comm | head -n 1); \
+         awk '/^RssShmem:/ {print $2}' \"${p%/comm}/status\"",
+        Duration::from_secs(30),
+    )?;
+    let kib: u64 = out
+        .lines
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| memtide_testbed::Error::Config(format!("no RssShmem: {:?}", out.lines)))?;
+    Ok(kib * 1024)
+}
+
+/// Polls until `ok` holds for the balloon's JSON (or `timeout`); returns the last JSON.
+fn balloon_until(
+    host: &KvmHost,
+    memtide: &str,
+    timeout: Duration,
+    ok: impl Fn(&str) -> bool,
+) -> Result<String> {
+    let start = Instant::now();
+    loop {
+        let b = balloon(host, memtide, "")?;
+        if ok(&b) || start.elapsed() > timeout {
+            return Ok(b);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Polls the agent until MemTotal is `want_kib`; returns the last MemTotal.
+fn mem_total_when(
+    guest: &mut memtide_testbed::Guest,
+    want_kib: u64,
+    timeout: Duration,
+) -> Result<u64> {
+    let start = Instant::now();
+    loop {
+        let m = guest.report()?.mem_total_kib;
+        if m == want_kib || start.elapsed() > timeout {
+            return Ok(m);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn balloon_inflates_gives_memory_back_and_deflates() {
+    let mut t = Timeline::new("balloon");
+    let image = GuestImage::ensure().expect("guest image");
+    let cfg = HostConfig {
+        nodes_mib: vec![2048],
+        image: Some(image),
+        extra_binaries: vec![memtide_binary()],
+        ..HostConfig::default()
+    };
+    let (_sel, host) = KvmHost::start(&cfg).expect("a KVM host");
+    t.mark("host up");
+    let memtide = host.binary("memtide").expect("memtide in the host");
+    let argv = run_argv(
+        &host,
+        &memtide,
+        &["--vcpus", "1", "--memory", "768M", "--serve-sock", SOCK],
+    );
+    let mut guest = host
+        .boot_guest("balloon", AGENT_TIMEOUT, |_| {
+            let _ = host.run(&format!("rm -f {SOCK}"), Duration::from_secs(10));
+            argv.clone()
+        })
+        .expect("guest boots");
+    t.mark("agent ready");
+    let bound = guest
+        .sh("ls /sys/bus/virtio/drivers/virtio_balloon/")
+        .expect("sysfs");
+    assert!(
+        bound.iter().any(|l| l.contains("virtio")),
+        "virtio_balloon bound a device: {bound:?}"
+    );
+
+    // Statistics arrive (every 2 s) and follow an allocation of the agent.
+    let b = balloon_until(&host, &memtide, Duration::from_secs(30), |b| {
+        num(b, "free-memory").is_some()
+    })
+    .expect("balloon");
+    let free0 = num(&b, "free-memory").expect("stats arrived");
+    assert_eq!(guest.fill(128).expect("fill"), 128);
+    let b = balloon_until(&host, &memtide, Duration::from_secs(30), |b| {
+        num(b, "free-memory").is_some_and(|f| f + 96 * MIB < free0)
+    })
+    .expect("balloon");
+    let free1 = num(&b, "free-memory").unwrap_or(free0);
+    say(&format!(
+        "stats: free-memory {} MiB -> {} MiB after a 128 MiB fill",
+        free0 / MIB,
+        free1 / MIB
+    ));
+    assert!(free1 + 96 * MIB < free0, "stats follow the fill: {b}");
+    assert_eq!(guest.free().expect("free"), 128);
+    t.mark("stats follow the agent");
+
+    // Touch most of the guest's memory, then give it back to the guest's free lists.
+    assert_eq!(guest.fill(560).expect("fill"), 560);
+    assert_eq!(guest.free().expect("free"), 560);
+    let m0 = guest.report().expect("report").mem_total_kib;
+    let rss0 = memtide_shmem(&host).expect("rss");
+    say(&format!(
+        "before: MemTotal {m0} kB, memtide RssShmem {} MiB",
+        rss0 / MIB
+    ));
+
+    let start = Instant::now();
+    balloon(&host, &memtide, "--balloon-size 256M").expect("inflate");
+    let b = balloon_until(&host, &memtide, Duration::from_secs(60), |b| {
+        num(b, "actual_bytes") == Some(256 * MIB)
+    })
+    .expect("balloon");
+    say(&format!(
+        "inflated 256 MiB in {:.2} s",
+        start.elapsed().as_secs_f64()
+    ));
+    assert_eq!(num(&b, "actual_bytes"), Some(256 * MIB), "{b}");
+    assert_eq!(num(&b, "ballooned_bytes"), Some(256 * MIB), "{b}");
+    t.mark("inflated");
+    let m1 = mem_total_when(&mut guest, m0 - 256 * 1024, Duration::from_secs(30)).expect("report");
+    assert_eq!(m0 - m1, 256 * 1024, "MemTotal dropped by 256 MiB");
+    let rss1 = memtide_shmem(&host).expect("rss");
+    say(&format!(
+        "inflated: MemTotal {m1} kB, memtide RssShmem {} MiB (-{} MiB)",
+        rss1 / MIB,
+        rss0.saturating_sub(rss1) / MIB
+    ));
+    assert!(
+        rss0.saturating_sub(rss1) >= 192 * MIB,
+        "the host got most of the 256 MiB back: RssShmem {} -> {} MiB",
+        rss0 / MIB,
+        rss1 / MIB
+    );
+
+    // The guest size form deflates back to all of its RAM.
+    balloon(&host, &memtide, "--guest-size 768M").expect("deflate");
+    let b = balloon_until(&host, &memtide, Duration::from_secs(60), |b| {
+        num(b, "actual_bytes") == Some(0)
+    })
+    .expect("balloon");
+    assert_eq!(num(&b, "ballooned_bytes"), Some(0), "{b}");
+    let m2 = mem_total_when(&mut guest, m0, Duration::from_secs(30)).expect("report");
+    assert_eq!(m2, m0, "MemTotal restored");
+    assert_eq!(guest.fill(128).expect("fill after deflate"), 128);
+    assert_eq!(guest.verify().expect("verify"), 128);
+    t.mark("deflated");
+    let _ = guest.poweroff(Duration::from_secs(60));
+}
