@@ -131,6 +131,7 @@ pub fn vm_body(
         kernelcore: None,
         movablecore: None,
         console: Some(console.into()),
+        balloon: None,
     }
 }
 

@@ -116,6 +116,67 @@ pub struct CreateVmBody {
     /// Serial console file, an absolute path (default: the service's console dir).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console: Option<String>,
+    /// The virtio-balloon (default: on, guest statistics every 2 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonConfigBody>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The virtio-balloon of a new VM (the fields of `memtide run --balloon-*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonConfigBody {
+    /// Whether the VM gets a balloon (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Offer deflate on OOM (default false).
+    #[serde(default)]
+    pub deflate_on_oom: bool,
+    /// Offer free page reporting (default false).
+    #[serde(default)]
+    pub free_page_reporting: bool,
+    /// Ask for guest statistics every this many seconds (0: none; default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats_interval_secs: Option<u64>,
+}
+
+impl BalloonConfigBody {
+    /// The device config (None: no balloon).
+    pub fn to_config(&self) -> Option<memtide_vmm::devices::virtio::balloon::VirtioBalloonConfig> {
+        if !self.enabled {
+            return None;
+        }
+        let mut b = memtide_vmm::balloon::default_balloon_config();
+        b.deflate_on_oom = self.deflate_on_oom;
+        b.free_page_reporting = self.free_page_reporting;
+        if let Some(secs) = self.stats_interval_secs {
+            b.stats_interval = (secs > 0).then(|| std::time::Duration::from_secs(secs));
+        }
+        Some(b)
+    }
+
+    /// The body of a device config (None: no balloon).
+    pub fn from_config(
+        c: Option<memtide_vmm::devices::virtio::balloon::VirtioBalloonConfig>,
+    ) -> Self {
+        match c {
+            None => BalloonConfigBody {
+                enabled: false,
+                deflate_on_oom: false,
+                free_page_reporting: false,
+                stats_interval_secs: None,
+            },
+            Some(b) => BalloonConfigBody {
+                enabled: true,
+                deflate_on_oom: b.deflate_on_oom,
+                free_page_reporting: b.free_page_reporting,
+                stats_interval_secs: Some(b.stats_interval.map_or(0, |d| d.as_secs())),
+            },
+        }
+    }
 }
 
 /// A body that names something impossible before it reaches the control plane.
@@ -174,6 +235,9 @@ impl CreateVmBody {
         config.guest_kernelcore = self.kernelcore;
         config.guest_movablecore = self.movablecore;
         config.serial_input = false;
+        if let Some(b) = &self.balloon {
+            config.balloon = b.to_config();
+        }
         Ok(CreateVm {
             id: self.id,
             config,

@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 
 use common::TestServer;
-use memtide_api::model::{BalloonBody, CreateVmBody, NumaBody, RebalanceBody, ResizeBody, Size};
+use memtide_api::model::{
+    BalloonBody, BalloonConfigBody, CreateVmBody, NumaBody, RebalanceBody, ResizeBody, Size,
+};
 use memtide_api::server::routes::openapi::OPENAPI_JSON;
 use memtide_api::server::routes::ROUTES;
 use memtide_vmm::control::VmState;
@@ -35,6 +37,7 @@ fn vm(id: &str, memory: u64, hotplug: u64) -> CreateVmBody {
         kernelcore: None,
         movablecore: None,
         console: None,
+        balloon: None,
     }
 }
 
@@ -243,6 +246,25 @@ fn balloon_routes_set_and_read_the_target() {
     assert_eq!(r.target_bytes, 8 * M);
     let info = c.vm("a").expect("vm");
     assert_eq!(info.balloon.map(|b| b.actual_bytes), Some(8 * M));
+    // Balloon options in the create body.
+    let mut body = vm("off", 64 * M, 0);
+    body.balloon = Some(BalloonConfigBody {
+        enabled: false,
+        deflate_on_oom: false,
+        free_page_reporting: false,
+        stats_interval_secs: None,
+    });
+    assert!(c.create_vm(&body).expect("off").balloon.is_none());
+    let mut body = vm("oom", 64 * M, 0);
+    body.balloon = Some(BalloonConfigBody {
+        enabled: true,
+        deflate_on_oom: true,
+        free_page_reporting: true,
+        stats_interval_secs: Some(0),
+    });
+    let b = c.create_vm(&body).expect("oom").balloon.expect("balloon");
+    assert!(b.deflate_on_oom && b.free_page_reporting);
+    assert_eq!(b.stats_interval_secs, None);
     let metrics = c.metrics().expect("metrics");
     assert!(
         metrics.contains("memtide_vm_balloon_bytes{vm=\"a\",kind=\"target\"} 8388608"),
@@ -484,6 +506,12 @@ fn hostile_requests_get_clean_4xx_and_change_nothing() {
             404,
         ),
         bare("GET", "/v1/vms/nope/balloon", 404),
+        json_case(
+            "POST",
+            "/v1/vms",
+            &format!(r#"{{{k},"memory":"64M","balloon":{{"enable":true}}}}"#),
+            400,
+        ),
         bare("DELETE", "/v1/vms/a/balloon", 405),
         // Bad rebalances.
         json_case(

@@ -118,6 +118,26 @@ fn vm_and_pool_commands() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains("error"), "{args:?}: {err}");
     }
+    let (code, out, err) = memtide(
+        &s,
+        &[
+            "vm",
+            "create",
+            "--id",
+            "c",
+            "--kernel",
+            "/k",
+            "--memory",
+            "64M",
+            "--no-balloon",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let v: VmInfo = serde_json::from_str(&out).expect("VmInfo JSON");
+    assert!(v.balloon.is_none(), "--no-balloon reaches the service");
+    assert_eq!(memtide(&s, &["vm", "shutdown", "c"]).0, 0);
+    assert_eq!(memtide(&s, &["vm", "delete", "c"]).0, 0);
     let (code, out, _) = memtide(&s, &["vm", "balloon", "b", "--json"]);
     assert_eq!(code, 0);
     let b: serde_json::Value = serde_json::from_str(&out).expect("balloon JSON");
@@ -153,17 +173,6 @@ fn vm_and_pool_commands() {
         ],
         &[
             "vm", "create", "--id", "a", "--kernel", "/k", "--memory", "64M",
-        ],
-        &[
-            "vm",
-            "create",
-            "--id",
-            "c",
-            "--kernel",
-            "/k",
-            "--memory",
-            "64M",
-            "--no-balloon",
         ],
     ] {
         let (code, _, err) = memtide(&s, args);

@@ -310,12 +310,6 @@ fn absolute(p: &Path) -> String {
 
 /// `memtide vm create` arguments → the API body (parsed and defaulted as `memtide run`).
 pub fn create_body(args: &CreateArgs) -> Result<CreateVmBody, ArgsError> {
-    if !args.run.balloon.is_default() {
-        return Err((
-            2,
-            "the balloon flags are for memtide run: the API's create body has no balloon options yet (its VMs get the default balloon)".into(),
-        ));
-    }
     let c = config_from_args(&args.run)?;
     Ok(CreateVmBody {
         id: args.id.clone(),
@@ -346,6 +340,8 @@ pub fn create_body(args: &CreateArgs) -> Result<CreateVmBody, ArgsError> {
             ),
             SerialOutput::Stdout => None,
         },
+        balloon: (!args.run.balloon.is_default())
+            .then(|| crate::model::BalloonConfigBody::from_config(c.balloon)),
     })
 }
 
