@@ -37,11 +37,19 @@ fn pool_free_pages(host: &KvmHost, memtide: &str) -> Result<u64> {
         .ok_or_else(|| memtide_testbed::Error::Config(format!("no free_pages in {text}")))
 }
 
+/// What `memtide vm resize` prints when the guest had not reached the size in time.
+const UNFINISHED: &str = "had not finished";
+
 /// Resizes VM `run` to `size` and returns the CLI's output.
 fn resize(host: &KvmHost, memtide: &str, size: &str) -> Result<String> {
+    resize_waiting(host, memtide, size, 120)
+}
+
+/// Resizes VM `run` to `size`, following it for at most `wait` seconds.
+fn resize_waiting(host: &KvmHost, memtide: &str, size: &str, wait: u64) -> Result<String> {
     let start = Instant::now();
     let out = host.check(
-        &format!("{memtide} vm resize run {size} --wait 120 --api-sock {SOCK} 2>&1"),
+        &format!("{memtide} vm resize run {size} --wait {wait} --api-sock {SOCK} 2>&1"),
         Duration::from_secs(180),
     )?;
     say(&format!(
@@ -250,6 +258,45 @@ fn rebalance_a_to_b(
     Ok(())
 }
 
+/// A shrink the guest cannot complete (its plugged memory holds data that does not fit in
+/// boot RAM) ends after the wait with what it reached, and the CLI says so; once the guest
+/// frees its memory the same resize completes.
+fn shrink_in_use_is_partial(
+    host: &KvmHost,
+    memtide: &str,
+    guest: &mut memtide_testbed::Guest,
+    m0: u64,
+    t: &mut Timeline,
+) -> Result<()> {
+    let out = resize(host, memtide, "512M")?;
+    assert!(!out.contains(UNFINISHED), "{out}");
+    let r = report_when(guest, m0 + 256 * MIB_KB, Duration::from_secs(60))?;
+    assert_eq!(r.mem_total_kib - m0, 256 * MIB_KB);
+    // About 100 MiB of boot RAM are free: 224 MiB of data cannot all leave the plugged part.
+    assert_eq!(guest.fill(224)?, 224);
+    t.mark("A: 256 MiB plugged, 224 MiB in use");
+    let out = resize_waiting(host, memtide, "256M", 15)?;
+    t.mark("shrink in use: wait over");
+    assert!(
+        out.contains(UNFINISHED),
+        "the CLI says the shrink is partial: {out}"
+    );
+    let (boot, total) = vm_sizes(host, memtide, "run")?;
+    assert!(
+        total > boot,
+        "some memory stays plugged: {total} of boot {boot}"
+    );
+    assert_eq!(guest.verify()?, 224, "the pattern survived the attempt");
+    assert_eq!(guest.free()?, 224);
+    // The same request again re-announces the size; now the guest can give it all.
+    let out = resize(host, memtide, "256M")?;
+    assert!(!out.contains(UNFINISHED), "{out}");
+    let r = report_when(guest, m0, Duration::from_secs(60))?;
+    assert_eq!(r.mem_total_kib, m0);
+    t.mark("shrink completed after the free");
+    Ok(())
+}
+
 #[test]
 fn guest_grows_to_1g_and_back_through_virtio_mem() {
     let mut t = Timeline::new("hotplug");
@@ -301,7 +348,7 @@ fn guest_grows_to_1g_and_back_through_virtio_mem() {
 
     let out = resize(&host, &memtide, "1G").expect("grow");
     t.mark("grown to 1 GiB");
-    assert!(!out.contains("partial"), "{out}");
+    assert!(!out.contains(UNFINISHED), "{out}");
     let r1 = report_when(&mut guest, m0 + 768 * MIB_KB, Duration::from_secs(60)).expect("report");
     say(&format!(
         "grown: MemTotal {} kB, Movable {} kB, Movable blocks online {}",
@@ -342,7 +389,7 @@ fn guest_grows_to_1g_and_back_through_virtio_mem() {
 
     let out = resize(&host, &memtide, "256M").expect("shrink");
     t.mark("shrunk to 256 MiB");
-    assert!(!out.contains("partial"), "{out}");
+    assert!(!out.contains(UNFINISHED), "{out}");
     let r2 = report_when(&mut guest, m0, Duration::from_secs(60)).expect("report");
     say(&format!(
         "shrunk: MemTotal {} kB, Movable {} kB",
@@ -357,6 +404,7 @@ fn guest_grows_to_1g_and_back_through_virtio_mem() {
         "every plugged page back in the pool"
     );
     rebalance_a_to_b(&host, &memtide, &mut guest, m0, &mut t).expect("rebalance A -> b");
+    shrink_in_use_is_partial(&host, &memtide, &mut guest, m0, &mut t).expect("partial shrink");
     assert_eq!(
         pool_free_pages(&host, &memtide).expect("pool"),
         free0,
