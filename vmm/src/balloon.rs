@@ -118,6 +118,17 @@ impl VmBalloon {
     pub fn acpi(&self) -> &VirtioMmioAcpi {
         &self.attached.acpi
     }
+
+    /// Resets the device (the VM ended, its RAM is about to go back to the pool): the device
+    /// lets go of its queues and the driver's stats buffer, so the stats poller, which may
+    /// outlive the VM as long as the control plane holds the balloon, never writes to that
+    /// memory again. The balloon then reports nothing ballooned.
+    pub fn quiesce(&self) {
+        use virtio_bindings::virtio_mmio::VIRTIO_MMIO_STATUS;
+        self.attached
+            .lock()
+            .write(u64::from(VIRTIO_MMIO_STATUS), &0u32.to_le_bytes());
+    }
 }
 
 impl BalloonControl for VmBalloon {
@@ -248,10 +259,16 @@ mod tests {
             assert_eq!(b.info().target_bytes(), 8 << 20, "unchanged after {bad:?}");
         }
         // The backend discards boot RAM only, never the virtio-mem region.
-        let t = b.attached.lock();
-        let backend = t.device().backend();
-        assert!(backend.is_backed(GuestRange::new(0x10_0000, 0x1000)));
-        assert!(!backend.is_backed(GuestRange::new(1 << 32, 0x1000)));
+        {
+            let t = b.attached.lock();
+            let backend = t.device().backend();
+            assert!(backend.is_backed(GuestRange::new(0x10_0000, 0x1000)));
+            assert!(!backend.is_backed(GuestRange::new(1 << 32, 0x1000)));
+        }
+        // After quiesce the device is reset: no driver, nothing held.
+        b.quiesce();
+        assert!(!b.info().active);
+        assert!(!b.attached.lock().device().holds_stats_buffer());
     }
 
     #[test]

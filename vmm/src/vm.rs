@@ -195,6 +195,10 @@ impl std::fmt::Debug for Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
+        // The balloon lets go of guest memory first (its stats poller may outlive the VM).
+        if let Some(b) = &self.balloon {
+            b.quiesce();
+        }
         // Give plugged virtio-mem blocks and the boot RAM back to the pool.
         if let Some(h) = &self.hotplug {
             h.release_all();
