@@ -131,7 +131,7 @@ pub fn vms_table(vms: &[VmInfo]) -> String {
                 .unwrap_or_default()
         ));
     }
-    out
+    out.lines().map(|l| format!("{}\n", l.trim_end())).collect()
 }
 
 /// Per pool zone: managed and free, and the change of free since `before` if given.
