@@ -1,9 +1,9 @@
 //! The REST API end to end (issue 6 acceptance): `memtide serve` runs inside the KVM host
 //! (the emulated one here: its HTTP port forwarded to a loopback port outside); from
 //! outside, the API client and the `memtide` CLI create two VMs from the guest image, read
-//! their info, the pool and the metrics, pause/resume, resize/rebalance (or see the clear
-//! 501 while memtide's VMs have no virtio-mem device), send hostile requests, shut the VMs
-//! down and delete them; the pool's free pages come back exactly.
+//! their info, the pool and the metrics, pause/resume, resize b (virtio-mem), rebalance the
+//! plugged memory from b to a, send hostile requests, shut the VMs down and delete them; the
+//! pool's free pages come back exactly.
 //!
 //! A VM whose guest dies or stays silent before the guest agent's first line on its console
 //! is booted again at most twice (KVM-HOST.md's dead-boot policy, via `memtide_api::hosted::boot_vm`).
@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::memtide_binary;
-use memtide_api::client::{Client, ClientError};
+use memtide_api::client::Client;
 use memtide_api::hosted;
 use memtide_api::model::{CreateVmBody, NumaBody, RebalanceBody, ResizeBody, Size};
 use memtide_testbed::{say, GuestImage, HostConfig, KvmHost, Result, Timeline};
@@ -200,7 +200,8 @@ fn api_creates_and_drives_two_vms_from_outside_the_host() {
         }
     }
 
-    let a = body(&host, "a", 1, vec![node(0, vec![0], 256, 0, 0)]);
+    // a: one node with a 128 MiB hot-pluggable range on host node 0 (takes what b gives).
+    let a = body(&host, "a", 1, vec![node(0, vec![0], 256, 0, 128)]);
     // b: a second guest node with memory only, on host node 1, with a hot-pluggable range.
     let b = body(
         &host,
@@ -259,49 +260,47 @@ fn api_creates_and_drives_two_vms_from_outside_the_host() {
         VmState::Running
     );
 
-    if vb.virtio_mem {
-        let r = c
-            .resize(
-                "b",
-                &ResizeBody {
-                    size: Size(384 * M),
-                    node: None,
-                    wait_secs: 30,
-                },
-            )
-            .expect("resize b");
-        assert!(r.complete, "b plugged 128 MiB: {:?}", r.vm.nodes);
-        assert_eq!(r.vm.nodes[1].plugged, 128 * M);
-        t.mark("b resized");
-    } else {
-        // memtide's VMs have no virtio-mem device yet: a clear 501, nothing changes.
-        let e = c
-            .resize(
-                "b",
-                &ResizeBody {
-                    size: Size(384 * M),
-                    node: None,
-                    wait_secs: 0,
-                },
-            )
-            .expect_err("no virtio-mem");
-        assert!(
-            matches!(&e, ClientError::Api { status: 501, message } if message.contains("no virtio-mem device")),
-            "{e}"
-        );
-        let e = c
-            .rebalance(&RebalanceBody {
-                from: "b".into(),
-                to: "a".into(),
-                size: Size(2 * M),
-                from_node: None,
-                to_node: None,
-                wait_secs: 0,
-            })
-            .expect_err("no virtio-mem");
-        assert!(matches!(e, ClientError::Api { status: 501, .. }), "{e}");
-        say("resize/rebalance: 501, memtide's VMs have no virtio-mem device yet");
-    }
+    assert!(
+        va.virtio_mem && vb.virtio_mem,
+        "a and b have virtio-mem devices"
+    );
+    let r = c
+        .resize(
+            "b",
+            &ResizeBody {
+                size: Size(384 * M),
+                node: None,
+                wait_secs: 30,
+            },
+        )
+        .expect("resize b");
+    assert!(r.complete, "b plugged 128 MiB: {:?}", r.vm.nodes);
+    assert_eq!(r.vm.nodes[1].plugged, 128 * M);
+    t.mark("b resized");
+
+    // Rebalance from outside: the 128 MiB b just got move to a.
+    let r = c
+        .rebalance(&RebalanceBody {
+            from: "b".into(),
+            to: "a".into(),
+            size: Size(128 * M),
+            from_node: None,
+            to_node: None,
+            wait_secs: 120,
+        })
+        .expect("rebalance b -> a");
+    assert!(r.complete, "128 MiB moved: {r:?}");
+    assert_eq!(r.moved, 128 * M);
+    assert_eq!(r.from.nodes[1].plugged, 0, "b gave its plugged memory back");
+    memtide_testbed::wait_until(
+        "a plugs 128 MiB",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || Ok(c.vm("a").expect("info a").nodes[0].plugged == 128 * M),
+    )
+    .expect("a plugged what b gave");
+    say("rebalance: 128 MiB moved from b to a");
+    t.mark("b -> a rebalanced");
 
     hostile(c);
     t.mark("hostile requests rejected");
