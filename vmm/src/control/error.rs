@@ -67,7 +67,7 @@ pub enum ControlError {
     #[error("{0}")]
     BeyondLimits(String),
     /// The VM cannot hot(un)plug memory with this VMM.
-    #[error("VM {0:?} has no virtio-mem device: memtide does not wire virtio-mem into its VMs yet, so its hot-pluggable memory cannot be plugged or unplugged")]
+    #[error("VM {0:?} has no virtio-mem device: it was created without hot-pluggable memory (hotplug size 0 on every node), so nothing can be plugged or unplugged")]
     NoVirtioMem(String),
     /// The VM has no virtio-balloon (its config turned it off).
     #[error("VM {0:?} has no virtio-balloon (it was created with the balloon off)")]

@@ -671,6 +671,16 @@ impl ControlPlane {
             std::thread::sleep(Duration::from_millis(20));
         };
         self.kick_busy();
+        if a.state() == VmState::Stopped {
+            // A died or powered off while giving memory back: what it held went back to the
+            // pool with its teardown, not through the guest; that is no move, so B is not
+            // grown and the caller hears that A stopped.
+            return Err(ControlError::WrongState {
+                id: a.id.clone(),
+                state: "stopped",
+                verb: "finish giving memory (it stopped during the rebalance; its memory went back to the pool and nothing moved)",
+            });
+        }
         let block = db.iter().map(|d| d.block_size).max().unwrap_or(RAM_ALIGN);
         let moved = released - released % block.max(1);
         if moved > 0 {
