@@ -96,8 +96,29 @@ impl MutEventSubscriber for StdinHandler {
     }
 }
 
+/// Blocks SIGTERM and SIGINT in the calling thread and returns their set. Threads inherit the
+/// mask of the thread that spawns them, so a VMM that handles these signals through the event
+/// loop's signalfd calls this before it spawns any thread (device helpers such as the
+/// balloon's stats poller are spawned while the VM is built): a thread with the signals
+/// unblocked would take a process-directed SIGTERM and die of it, uncleanly.
+pub fn block_exit_signals() -> std::io::Result<libc::sigset_t> {
+    // SAFETY: sigset manipulation on a local, zero-initialised set; pthread_sigmask only
+    // changes this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(set)
+    }
+}
+
 /// Turns SIGTERM/SIGINT into a clean stop. The signals are blocked in the thread that
-/// creates it (and the vCPU threads it spawns afterwards) and read from a signalfd.
+/// creates it (and the vCPU threads it spawns afterwards) and read from a signalfd; see
+/// [`block_exit_signals`] for threads spawned before.
 struct SignalHandler {
     fd: OwnedFd,
     exit: Arc<ExitSignal>,
@@ -105,17 +126,9 @@ struct SignalHandler {
 
 impl SignalHandler {
     fn new(exit: Arc<ExitSignal>) -> Result<Self, EventLoopError> {
-        // SAFETY: sigset manipulation on a local, zero-initialised set.
-        let fd = unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-                return Err(EventLoopError::Signal(std::io::Error::last_os_error()));
-            }
-            libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
-        };
+        let set = block_exit_signals().map_err(EventLoopError::Signal)?;
+        // SAFETY: `set` is a valid, initialised signal set; -1 asks for a new signalfd.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
         if fd < 0 {
             return Err(EventLoopError::Signal(std::io::Error::last_os_error()));
         }

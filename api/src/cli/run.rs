@@ -165,6 +165,12 @@ pub fn run(args: &RunArgs) -> ExitCode {
     if let Some(sock) = &args.serve_sock {
         return super::run_api::run_with_api(config, sock, args.pool_movablecore.clone());
     }
+    // Before any thread exists (building the VM spawns device helper threads): every thread
+    // inherits the blocked SIGTERM/SIGINT, so only the event loop's signalfd sees them.
+    if let Err(e) = memtide_vmm::event_loop::block_exit_signals() {
+        eprintln!("memtide run: error: blocking SIGTERM/SIGINT: {e}");
+        return ExitCode::from(1);
+    }
     let vm = match Vm::new(&config) {
         Ok(vm) => vm,
         Err(e) => {

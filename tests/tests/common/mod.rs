@@ -43,7 +43,10 @@ pub fn run_argv(host: &KvmHost, memtide: &str, args: &[&str]) -> Vec<String> {
         "--initrd".into(),
         host.guest_initrd(),
         "--cmdline".into(),
-        "quiet loglevel=1".into(),
+        // The same arguments QEMU gets from the harness (quiet console, no CMOS RTC probe,
+        // which costs seconds of nested exits where the machine has no RTC), so boot times
+        // compare like with like.
+        memtide_testbed::image::DEFAULT_CMDLINE.into(),
     ];
     v.extend(args.iter().map(|s| s.to_string()));
     v
