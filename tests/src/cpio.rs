@@ -81,6 +81,32 @@ impl Archive {
         Self::default()
     }
 
+    /// The skeleton every initramfs of ours starts from (the guest image's and the emulated
+    /// host's): the mount points and binary folders busybox's init script uses,
+    /// `lib/modules`, `dev/console` (so the kernel has a console before devtmpfs is mounted),
+    /// plus `extra_dirs`.
+    pub fn linux_root(extra_dirs: &[&str]) -> Result<Self, CpioError> {
+        let mut a = Self::new();
+        for d in [
+            "proc",
+            "sys",
+            "dev",
+            "tmp",
+            "bin",
+            "sbin",
+            "usr/bin",
+            "usr/sbin",
+            "lib/modules",
+        ]
+        .iter()
+        .chain(extra_dirs)
+        {
+            a.dir(d)?;
+        }
+        a.char_dev("dev/console", 5, 1, 0o600)?;
+        Ok(a)
+    }
+
     fn insert(&mut self, path: &str, mode: u32, content: Content) -> Result<(), CpioError> {
         let path = normalize(path)?;
         let comps: Vec<&str> = path.split('/').collect();

@@ -723,22 +723,7 @@ fn host_archive(
     qemu: &Path,
     run_dir: &Path,
 ) -> Result<(Archive, Vec<String>)> {
-    let mut a = Archive::new();
-    for d in [
-        "proc",
-        "sys",
-        "dev",
-        "tmp",
-        "bin",
-        "sbin",
-        "usr/bin",
-        "usr/sbin",
-        "lib/modules",
-        "guest",
-    ] {
-        a.dir(d)?;
-    }
-    a.char_dev("dev/console", 5, 1, 0o600)?;
+    let mut a = Archive::linux_root(&["guest"])?;
     let idx = ModuleIndex::scan(&kernel.modules_dir())?;
     let mut wanted: Vec<&str> = HOST_MODULES.to_vec();
     if !cfg.forward_ports.is_empty() {

@@ -158,21 +158,7 @@ impl GuestImage {
         let stamp_path = dir.join("initramfs.stamp");
         let fresh = initrd.exists() && fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp);
         if !fresh {
-            let mut a = Archive::new();
-            for d in [
-                "proc",
-                "sys",
-                "dev",
-                "tmp",
-                "bin",
-                "sbin",
-                "usr/bin",
-                "usr/sbin",
-                "lib/modules",
-            ] {
-                a.dir(d)?;
-            }
-            a.char_dev("dev/console", 5, 1, 0o600)?;
+            let mut a = Archive::linux_root(&[])?;
             a.data("init", init, 0o755)?;
             add_binary(&mut a, &busybox, "bin/busybox")?;
             add_binary(&mut a, &agent, AGENT_PATH)?;
