@@ -81,15 +81,19 @@ fn movable_kib(r: &Report) -> u64 {
     r.zone_managed_kib("Movable")
 }
 
-/// Pool page counts from `memtide pool --json`: `(managed, free)`.
-fn pool_pages(host: &KvmHost, memtide: &str) -> Result<(u64, u64)> {
-    let out = host.check(
-        &format!("{memtide} pool --json --api-sock {SOCK}"),
-        Duration::from_secs(30),
-    )?;
+/// Runs a `memtide ... --json` client command in the host and reads the first number after
+/// each of `keys` in its output (the first occurrence: top-level totals come first).
+fn json_numbers<const N: usize>(
+    host: &KvmHost,
+    command: &str,
+    keys: [&str; N],
+) -> Result<[u64; N]> {
+    let out = host.check(command, Duration::from_secs(30))?;
     let text = out.text();
-    let num = |key: &str| {
-        text.split(&format!("\"{key}\":"))
+    let mut values = [0u64; N];
+    for (value, key) in values.iter_mut().zip(keys) {
+        *value = text
+            .split(&format!("\"{key}\":"))
             .nth(1)
             .and_then(|rest| {
                 rest.trim_start()
@@ -97,30 +101,29 @@ fn pool_pages(host: &KvmHost, memtide: &str) -> Result<(u64, u64)> {
                     .next()
                     .and_then(|d| d.parse::<u64>().ok())
             })
-            .ok_or_else(|| memtide_testbed::Error::Config(format!("no {key} in {text}")))
-    };
-    Ok((num("managed_pages")?, num("free_pages")?))
+            .ok_or_else(|| memtide_testbed::Error::Config(format!("no {key} in {text}")))?;
+    }
+    Ok(values)
+}
+
+/// Pool page counts from `memtide pool --json`: `(managed, free)`.
+fn pool_pages(host: &KvmHost, memtide: &str) -> Result<(u64, u64)> {
+    let [managed, free] = json_numbers(
+        host,
+        &format!("{memtide} pool --json --api-sock {SOCK}"),
+        ["managed_pages", "free_pages"],
+    )?;
+    Ok((managed, free))
 }
 
 /// `(boot_memory, total_memory)` of VM `id`, bytes.
 fn vm_sizes(host: &KvmHost, memtide: &str, id: &str) -> Result<(u64, u64)> {
-    let out = host.check(
+    let [boot, total] = json_numbers(
+        host,
         &format!("{memtide} vm info {id} --json --api-sock {SOCK}"),
-        Duration::from_secs(30),
+        ["boot_memory", "total_memory"],
     )?;
-    let text = out.text();
-    let num = |key: &str| {
-        text.split(&format!("\"{key}\":"))
-            .nth(1)
-            .and_then(|rest| {
-                rest.trim_start()
-                    .split(|c: char| !c.is_ascii_digit())
-                    .next()
-                    .and_then(|d| d.parse::<u64>().ok())
-            })
-            .ok_or_else(|| memtide_testbed::Error::Config(format!("no {key} in {text}")))
-    };
-    Ok((num("boot_memory")?, num("total_memory")?))
+    Ok((boot, total))
 }
 
 /// Creates VM `b` (256 MiB on host node 1, 1 GiB hot-pluggable) in the same memtide and

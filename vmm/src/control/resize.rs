@@ -105,6 +105,25 @@ pub fn check_targets(
     Ok(())
 }
 
+/// The devices a resize may touch, lowest guest node first: the one of guest node `node`, or
+/// all; asking for a node without a device is an error.
+fn choose_nodes<'a>(
+    id: &str,
+    devices: &'a [HotplugNode],
+    node: Option<u32>,
+) -> Result<Vec<&'a HotplugNode>, ControlError> {
+    let chosen: Vec<&HotplugNode> = devices
+        .iter()
+        .filter(|d| node.is_none_or(|n| d.guest_node == n))
+        .collect();
+    match node {
+        Some(n) if chosen.is_empty() => Err(ControlError::Invalid(format!(
+            "VM {id:?} has no hot-pluggable guest node {n}"
+        ))),
+        _ => Ok(chosen),
+    }
+}
+
 /// Takes `size` bytes from the nodes' requested sizes (node `node` only, or the highest
 /// nodes first): the new requested size per node.
 pub fn plan_shrink(
@@ -113,18 +132,8 @@ pub fn plan_shrink(
     node: Option<u32>,
     size: u64,
 ) -> Result<Vec<(u32, u64)>, ControlError> {
-    let chosen: Vec<&HotplugNode> = devices
-        .iter()
-        .rev()
-        .filter(|d| node.is_none_or(|n| d.guest_node == n))
-        .collect();
-    if let Some(n) = node {
-        if chosen.is_empty() {
-            return Err(ControlError::Invalid(format!(
-                "VM {id:?} has no hot-pluggable guest node {n}"
-            )));
-        }
-    }
+    let mut chosen = choose_nodes(id, devices, node)?;
+    chosen.reverse();
     let have: u64 = chosen.iter().map(|d| d.requested).sum();
     if have < size {
         return Err(ControlError::BeyondLimits(format!(
@@ -153,17 +162,7 @@ pub fn plan_grow(
     node: Option<u32>,
     size: u64,
 ) -> Result<Vec<(u32, u64)>, ControlError> {
-    let chosen: Vec<&HotplugNode> = devices
-        .iter()
-        .filter(|d| node.is_none_or(|n| d.guest_node == n))
-        .collect();
-    if let Some(n) = node {
-        if chosen.is_empty() {
-            return Err(ControlError::Invalid(format!(
-                "VM {id:?} has no hot-pluggable guest node {n}"
-            )));
-        }
-    }
+    let chosen = choose_nodes(id, devices, node)?;
     let room: u64 = chosen
         .iter()
         .map(|d| d.region_size.saturating_sub(d.requested))
