@@ -17,8 +17,18 @@
 //! `lowmem_reserve[highest_zoneidx]` (`ALLOC_WMARK_LOW`, with `ALLOC_NOFRAGMENT` when the
 //! preferred zone is Normal, as the kernel's fast path); a second pass requires only MIN
 //! (`ALLOC_WMARK_MIN`, the slow path after waking kswapd). There is no reclaim or
-//! compaction: when the second pass fails, [`BuddyError::NoMemory`] is returned. So an
-//! allocation never takes a zone to or below `min + lowmem_reserve`.
+//! compaction; when the second pass fails, the per-CPU lists are drained and the second
+//! pass is tried once more (`__alloc_pages_direct_reclaim`'s `drain_all_pages` retry), then
+//! [`BuddyError::NoMemory`] is returned. So an allocation never takes a zone to or below
+//! `min + lowmem_reserve`.
+//!
+//! [`Pool::alloc`] and [`Pool::free`] first try a fast path that does exactly what the full
+//! path does in its most common case and nothing else: an allocation of a per-CPU order
+//! with the default highest zone goes straight to the preferred zone (precomputed per node
+//! and migratetype, as the zonelists never change) and its per-CPU list; a free of a
+//! per-CPU order outside isolated pageblocks goes straight to the per-CPU list after the
+//! same checks. Everything else (errors, other zones, the MIN pass, isolation) takes the
+//! full path.
 //!
 //! # Metadata per page (no `struct page`)
 //! | what | bits per 4 KiB page |
@@ -39,8 +49,12 @@
 //! * `move_freepages_block` cannot see `PageLRU`; allocated pages of a MOVABLE pageblock
 //!   count as movable, those of other pageblocks as not.
 //! * No watermark boosting (no kswapd to undo it), no MIGRATE_HIGHATOMIC reserve, no CMA.
-//! * Per-CPU caches hold orders 0..=3 and 9 as in Linux 6.1 (`pcp_allowed_order`); a thread
-//!   keeps one cache slot (assigned round robin) instead of following the CPU it runs on.
+//! * Per-CPU caches hold orders 0..=3 and 9 as in Linux 6.1 (`pcp_allowed_order`) and, not
+//!   in Linux, orders 4..=8 on *extension lists* with their own refill/flush rule and
+//!   limit (see [`pcp`]): the pool's callers allocate and free such blocks constantly, and
+//!   Linux would take `zone->lock` and walk the buddy lists for each. A slot may therefore
+//!   hold up to `high + 4 * high` pages instead of `high`. A thread keeps one cache slot
+//!   (assigned round robin) instead of following the CPU it runs on.
 //!   A per-CPU hit of order > 0 checks only the order-0 part of the watermark (the
 //!   "a block of this order is free" part is checked when the list is refilled).
 //! * A per-CPU refill takes up to `batch` blocks after one watermark check, so a zone can

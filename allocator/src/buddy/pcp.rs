@@ -12,11 +12,32 @@
 //!
 //! Pages on a per-CPU list are allocated as far as the buddy allocator is concerned: they are
 //! not in `NR_FREE_PAGES`, exactly as in Linux.
+//!
+//! # Extension lists for orders 4..=8 (not in Linux)
+//! Linux sends every request of order 4..=8 (`> PAGE_ALLOC_COSTLY_ORDER`, below pageblock
+//! order) to the buddy lists under `zone->lock`. The pool's callers (guest memory, hotplug
+//! blocks) allocate and free such blocks all the time, so each slot also caches them: one
+//! *extension list* per (order 4..=8, migratetype), [`ext_pindex`], kept after the kernel's
+//! lists in the same array. Why separate from the kernel's accounting: with large blocks
+//! counted in `pcp->count`, the kernel's flush (round robin over all lists once `count >=
+//! high`) would keep emptying the order-0 lists, which then refill `batch` pages at a time;
+//! so the extension pages are counted in `ext_count` (and in `count`, which stays "pages on
+//! all lists") but not against `high`, and they have their own, simpler policy:
+//! * an empty extension list is refilled with [`ext_batch`] blocks (≈ `8 * batch` pages)
+//!   under one zone lock, after the full `zone_watermark_ok()` check, as `rmqueue_bulk()`;
+//! * a free that makes a list longer than `2 * ext_batch` blocks, or the slot's extension
+//!   pages more than [`ext_high`] (`4 * high`), returns the oldest `ext_batch` blocks of that
+//!   list (and, while still above, of the other extension lists) to the buddy lists.
+//!
+//! So a slot holds at most `high + ext_high` pages (plus one batch) instead of `high`. The
+//! extension obeys everything else the kernel's lists obey: pages of isolated pageblocks and
+//! frees while the zone's per-CPU lists are disabled bypass it, `drain_pages()` (isolation,
+//! offlining, [`super::Pool::drain_all_pages`]) empties it, and a hit checks only the order-0
+//! part of the watermark, like a kernel per-CPU hit of order > 0.
 
 use super::pageblock::{list_index, list_migratetype};
 use crate::types::{MigrateType, PAGEBLOCK_ORDER};
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// `PAGE_ALLOC_COSTLY_ORDER`.
@@ -27,11 +48,64 @@ const MIGRATE_PCPTYPES: usize = 3;
 const NR_LOWORDER_PCP_LISTS: usize = MIGRATE_PCPTYPES * (PAGE_ALLOC_COSTLY_ORDER as usize + 1);
 /// `NR_PCP_LISTS`: the low-order lists plus one THP list.
 pub(crate) const NR_PCP_LISTS: usize = NR_LOWORDER_PCP_LISTS + 1;
+/// Lowest order of the extension lists (see the module docs).
+pub(crate) const PCP_EXT_MIN_ORDER: u32 = PAGE_ALLOC_COSTLY_ORDER + 1;
+/// Highest order of the extension lists.
+pub(crate) const PCP_EXT_MAX_ORDER: u32 = PAGEBLOCK_ORDER - 1;
+/// Extension lists: one per (order 4..=8, migratetype).
+pub(crate) const NR_EXT_LISTS: usize =
+    MIGRATE_PCPTYPES * (PCP_EXT_MAX_ORDER - PCP_EXT_MIN_ORDER + 1) as usize;
+/// All lists of a slot: the kernel's, then the extension lists.
+pub(crate) const NR_ALL_LISTS: usize = NR_PCP_LISTS + NR_EXT_LISTS;
 
-/// `pcp_allowed_order()`.
+/// `pcp_allowed_order()`: the orders Linux 6.1 caches per CPU.
 #[inline]
 pub const fn pcp_allowed_order(order: u32) -> bool {
     order <= PAGE_ALLOC_COSTLY_ORDER || order == PAGEBLOCK_ORDER
+}
+
+/// Whether `order` has extension lists (4..=8; not in Linux, see the module docs).
+#[inline]
+pub const fn pcp_ext_order(order: u32) -> bool {
+    order >= PCP_EXT_MIN_ORDER && order <= PCP_EXT_MAX_ORDER
+}
+
+/// The per-CPU list (kernel or extension) a block of `order` and migratetype `mt` goes to,
+/// or `None` if the order has none (10) or `mt` is not a per-CPU type.
+#[inline]
+pub(crate) fn pcp_pindex(mt: MigrateType, order: u32) -> Option<usize> {
+    if !matches!(
+        mt,
+        MigrateType::Unmovable | MigrateType::Movable | MigrateType::Reclaimable
+    ) {
+        return None;
+    }
+    if pcp_allowed_order(order) {
+        Some(order_to_pindex(mt, order))
+    } else if pcp_ext_order(order) {
+        Some(ext_pindex(mt, order))
+    } else {
+        None
+    }
+}
+
+/// Index of the extension list of (`mt`, `order`) in [`PerCpuPages::lists`].
+#[inline]
+pub(crate) fn ext_pindex(mt: MigrateType, order: u32) -> usize {
+    NR_PCP_LISTS + MIGRATE_PCPTYPES * (order - PCP_EXT_MIN_ORDER) as usize + list_index(mt)
+}
+
+/// Blocks an empty extension list of `order` is refilled with, and flushed by:
+/// `batch >> (order - 3)`, at least 2 (≈ `8 * batch` pages).
+#[inline]
+pub(crate) fn ext_batch(batch: u64, order: u32) -> u64 {
+    (batch.max(1) >> (order - PAGE_ALLOC_COSTLY_ORDER)).max(2)
+}
+
+/// Pages a slot may keep on its extension lists: `4 * high`.
+#[inline]
+pub(crate) fn ext_high(high: u64) -> u64 {
+    high << 2
 }
 
 /// `order_to_pindex()`.
@@ -43,11 +117,13 @@ pub(crate) fn order_to_pindex(mt: MigrateType, order: u32) -> usize {
     MIGRATE_PCPTYPES * order as usize + list_index(mt)
 }
 
-/// `pindex_to_order()`.
+/// `pindex_to_order()`, extension lists included.
 #[inline]
 pub(crate) fn pindex_to_order(pindex: usize) -> u32 {
     if pindex == NR_LOWORDER_PCP_LISTS {
         PAGEBLOCK_ORDER
+    } else if pindex >= NR_PCP_LISTS {
+        ((pindex - NR_PCP_LISTS) / MIGRATE_PCPTYPES) as u32 + PCP_EXT_MIN_ORDER
     } else {
         (pindex / MIGRATE_PCPTYPES) as u32
     }
@@ -56,7 +132,7 @@ pub(crate) fn pindex_to_order(pindex: usize) -> u32 {
 /// A list entry for a block.
 #[inline]
 pub(crate) fn pcp_entry(pfn: u64, order: u32, mt: MigrateType) -> u64 {
-    if order > PAGE_ALLOC_COSTLY_ORDER {
+    if order == PAGEBLOCK_ORDER {
         pfn | list_index(mt) as u64
     } else {
         pfn
@@ -66,7 +142,7 @@ pub(crate) fn pcp_entry(pfn: u64, order: u32, mt: MigrateType) -> u64 {
 /// The pfn of a list entry.
 #[inline]
 pub(crate) fn pcp_entry_pfn(entry: u64, order: u32) -> u64 {
-    if order > PAGE_ALLOC_COSTLY_ORDER {
+    if order == PAGEBLOCK_ORDER {
         entry & !3
     } else {
         entry
@@ -78,27 +154,135 @@ pub(crate) fn pcp_entry_pfn(entry: u64, order: u32) -> u64 {
 pub(crate) fn pcp_entry_mt(entry: u64, pindex: usize) -> MigrateType {
     if pindex == NR_LOWORDER_PCP_LISTS {
         list_migratetype((entry & 3) as usize)
+    } else if pindex >= NR_PCP_LISTS {
+        list_migratetype((pindex - NR_PCP_LISTS) % MIGRATE_PCPTYPES)
     } else {
         list_migratetype(pindex % MIGRATE_PCPTYPES)
+    }
+}
+
+/// One per-CPU list (`struct list_head` of `per_cpu_pages`): a double-ended queue of list
+/// entries in a ring buffer whose capacity is a power of two. The front is the list head
+/// (frees push there and allocations pop there, LIFO as in Linux), the back the tail
+/// (refills append there and flushes take the oldest from there). Hand-written instead of
+/// `VecDeque` so that the push and pop of the hit paths are a handful of inlined
+/// instructions (`VecDeque::push_front` is an out-of-line call).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct PcpList {
+    /// The ring; its length is the capacity (0 or a power of two).
+    buf: Vec<u64>,
+    /// Index of the front entry.
+    head: usize,
+    /// Entries held.
+    len: usize,
+}
+
+impl PcpList {
+    /// Entries on the list.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the list is empty.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[inline]
+    fn mask(&self) -> usize {
+        self.buf.len().wrapping_sub(1)
+    }
+
+    /// `list_add()`: puts `entry` at the head.
+    #[inline]
+    pub(crate) fn push_front(&mut self, entry: u64) {
+        if self.len == self.buf.len() {
+            self.grow();
+        }
+        self.head = self.head.wrapping_sub(1) & self.mask();
+        let h = self.head;
+        self.buf[h] = entry;
+        self.len += 1;
+    }
+
+    /// `list_add_tail()`: puts `entry` at the tail.
+    #[inline]
+    pub(crate) fn push_back(&mut self, entry: u64) {
+        if self.len == self.buf.len() {
+            self.grow();
+        }
+        let i = (self.head + self.len) & self.mask();
+        self.buf[i] = entry;
+        self.len += 1;
+    }
+
+    /// Takes the entry at the head.
+    #[inline]
+    pub(crate) fn pop_front(&mut self) -> Option<u64> {
+        if self.len == 0 {
+            return None;
+        }
+        let entry = self.buf[self.head];
+        self.head = (self.head + 1) & self.mask();
+        self.len -= 1;
+        Some(entry)
+    }
+
+    /// Takes the entry at the tail (the oldest).
+    #[inline]
+    pub(crate) fn pop_back(&mut self) -> Option<u64> {
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        Some(self.buf[(self.head + self.len) & self.mask()])
+    }
+
+    /// The entries from head to tail.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..self.len).map(move |i| self.buf[(self.head + i) & self.mask()])
+    }
+
+    /// Doubles the capacity (at least 8), keeping the order.
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self) {
+        let cap = (self.buf.len() * 2).max(8);
+        let mut buf = Vec::with_capacity(cap);
+        buf.extend(self.iter());
+        buf.resize(cap, 0);
+        self.buf = buf;
+        self.head = 0;
     }
 }
 
 /// `struct per_cpu_pages`.
 #[derive(Debug, Default)]
 pub(crate) struct PerCpuPages {
-    /// Pages on all lists (`count`).
+    /// Pages on all lists (`count`), the extension lists included.
     pub(crate) count: u64,
+    /// Pages on the extension lists (not counted against `high`).
+    pub(crate) ext_count: u64,
     /// Flush when `count` reaches this (`high`); 0 disables the cache.
     pub(crate) high: u64,
     /// Pages moved per refill or flush (`batch`).
     pub(crate) batch: u64,
     /// `free_factor`: grows while frees keep flushing, halves on each allocation.
     pub(crate) free_factor: u32,
-    /// Lists by `order_to_pindex()`; the front is the list head.
-    pub(crate) lists: [VecDeque<u64>; NR_PCP_LISTS],
+    /// Lists by `order_to_pindex()`, then the extension lists by [`ext_pindex`]; the front
+    /// is the list head.
+    pub(crate) lists: [PcpList; NR_ALL_LISTS],
 }
 
 impl PerCpuPages {
+    /// Pages on the kernel's lists (what `high` limits).
+    #[inline]
+    pub(crate) fn kernel_count(&self) -> u64 {
+        self.count - self.ext_count
+    }
+
     /// `nr_pcp_free()`: how many pages to flush once `count >= high`.
     pub(crate) fn nr_pcp_free(&mut self, high: u64, batch: u64, free_high: bool) -> u64 {
         if free_high {
@@ -197,6 +381,55 @@ mod tests {
             }
         }
         assert!(!pcp_allowed_order(4) && !pcp_allowed_order(10));
+    }
+
+    #[test]
+    fn extension_lists_follow_the_kernel_lists() {
+        let mut seen = std::collections::HashSet::new();
+        for order in PCP_EXT_MIN_ORDER..=PCP_EXT_MAX_ORDER {
+            assert!(pcp_ext_order(order) && !pcp_allowed_order(order));
+            for mt in MigrateType::PCPTYPES {
+                let p = ext_pindex(mt, order);
+                assert!((NR_PCP_LISTS..NR_ALL_LISTS).contains(&p));
+                assert!(seen.insert(p));
+                assert_eq!(pindex_to_order(p), order);
+                assert_eq!(pcp_entry_mt(pcp_entry(1 << 12, order, mt), p), mt);
+            }
+        }
+        assert_eq!(seen.len(), NR_EXT_LISTS);
+        assert!(!pcp_ext_order(3) && !pcp_ext_order(9));
+        // 4 GiB zone (batch 63): about 8 * batch pages per refill, at least two blocks.
+        assert_eq!(ext_batch(63, 4), 31);
+        assert_eq!(ext_batch(63, 7), 3);
+        assert_eq!(ext_batch(63, 8), 2);
+        assert_eq!(ext_batch(1, 8), 2);
+    }
+
+    #[test]
+    fn pcp_list_is_a_deque() {
+        let mut l = PcpList::default();
+        let mut model = std::collections::VecDeque::new();
+        for i in 0..100u64 {
+            if i % 3 == 0 {
+                l.push_back(i);
+                model.push_back(i);
+            } else {
+                l.push_front(i);
+                model.push_front(i);
+            }
+            if i % 7 == 0 {
+                assert_eq!(l.pop_back(), model.pop_back());
+            }
+            if i % 11 == 0 {
+                assert_eq!(l.pop_front(), model.pop_front());
+            }
+            assert_eq!(l.len(), model.len());
+            assert!(l.iter().eq(model.iter().copied()));
+        }
+        while let Some(v) = model.pop_front() {
+            assert_eq!(l.pop_front(), Some(v));
+        }
+        assert!(l.is_empty() && l.pop_back().is_none() && l.pop_front().is_none());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The pool: every zone of every node, zonelists, watermarks, and the allocation path
 //! (`__alloc_pages` → `get_page_from_freelist` → `rmqueue`).
 
-use super::pcp::{pageset_high_and_batch, pcp_allowed_order, this_slot};
+use super::pageblock::list_index;
+use super::pcp::{pageset_high_and_batch, pcp_allowed_order, pcp_ext_order, pcp_pindex, this_slot};
 use super::watermark::{
     calculate_min_free_kbytes, setup_per_zone_lowmem_reserve, setup_per_zone_wmarks, Wmark,
     DEFAULT_LOWMEM_RESERVE_RATIO, DEFAULT_WATERMARK_SCALE_FACTOR, MAX_NR_ZONES,
@@ -71,6 +72,16 @@ pub struct Pool {
     pub(crate) zonelists: Vec<Vec<usize>>,
     /// Zone spans sorted by start, for pfn → zone.
     spans: Vec<(u64, u64, usize)>,
+    /// Whether no two spans overlap (no `kernelcore=mirror` interleaving), so that the
+    /// first span containing a pfn is its zone.
+    spans_disjoint: bool,
+    /// Per node id: for each per-CPU migratetype (UNMOVABLE, MOVABLE, RECLAIMABLE) with the
+    /// default highest zone (`gfp_zone()`), the preferred zone, i.e. the first zone of the
+    /// node's zonelist a request may use (`usize::MAX`: none). Zonelists are built once, so
+    /// this never changes; it spares the fast path the zonelist walk. With it, whether the
+    /// request gets ALLOC_NOFRAGMENT (`alloc_flags_nofragment()` of that zone, which depends
+    /// only on the node count and DMA32's present pages, neither of which hotplug changes).
+    fast_zone: Vec<[(usize, bool); 3]>,
     pub(crate) config: PoolConfig,
     pub(crate) distance: Vec<Vec<u32>>,
     min_free_kbytes: AtomicU64,
@@ -127,7 +138,7 @@ impl Pool {
             }
         }
         let orders = node_orders(&nodes, &distance);
-        let zonelists = orders
+        let zonelists: Vec<Vec<usize>> = orders
             .iter()
             .map(|order| {
                 let mut list = Vec::new();
@@ -150,12 +161,32 @@ impl Pool {
             .map(|(i, z)| (z.zone_start_pfn, z.zone_start_pfn + z.spanned_pages, i))
             .collect();
         spans.sort();
+        let spans_disjoint = spans.windows(2).all(|w| w[0].1 <= w[1].0);
+        let fast_zone = node_pos
+            .iter()
+            .map(|pos| {
+                MigrateType::PCPTYPES.map(|mt| {
+                    let hz = gfp_zone(mt).index();
+                    pos.and_then(|p| {
+                        zonelists[p]
+                            .iter()
+                            .copied()
+                            .find(|&i: &usize| zones[i].zone_type.index() <= hz)
+                    })
+                    .map_or((usize::MAX, false), |i| {
+                        (i, alloc_flags_nofragment(&zones, nodes.len(), i))
+                    })
+                })
+            })
+            .collect();
         let pool = Pool {
             nodes,
             zones,
             node_pos,
             zonelists,
             spans,
+            spans_disjoint,
+            fast_zone,
             config,
             distance,
             min_free_kbytes: AtomicU64::new(0),
@@ -291,16 +322,41 @@ impl Pool {
     /// `alloc_flags_nofragment()`: ALLOC_NOFRAGMENT for a preferred ZONE_NORMAL whose node
     /// has DMA32 (or on a single-node pool).
     fn nofragment(&self, preferred: usize) -> bool {
-        let z = &self.zones[preferred];
-        if z.zone_type != ZoneType::Normal {
-            return false;
-        }
-        let dma32 = &self.zones[preferred - 1];
-        !(self.nodes.len() > 1 && dma32.present_pages() == 0)
+        alloc_flags_nofragment(&self.zones, self.nodes.len(), preferred)
     }
 
     /// `__alloc_pages()`: a block of `1 << order` pages.
+    ///
+    /// Fast path first: a request of a per-CPU order with the default highest zone whose
+    /// preferred zone is above its LOW watermark is served from (or refilled into) that
+    /// zone's per-CPU list, exactly as the full path's first zone would serve it; anything
+    /// else (another zone, the MIN pass, order 10, an invalid request) takes the full path.
+    #[inline]
     pub fn alloc(&self, req: AllocRequest) -> Result<Pfn, BuddyError> {
+        if let Some(pfn) = self.alloc_fast(&req) {
+            return Ok(Pfn(pfn));
+        }
+        self.alloc_slow(req)
+    }
+
+    /// The per-CPU hit of [`Pool::alloc`] (see there).
+    #[inline(always)]
+    fn alloc_fast(&self, req: &AllocRequest) -> Option<u64> {
+        if req.highest_zone.is_some() {
+            return None;
+        }
+        let mt = req.migratetype;
+        let order = req.order.0;
+        let l = pcp_pindex(mt, order)?;
+        let (zi, nofragment) = self.fast_zone.get(req.node.0 as usize)?[list_index(mt)];
+        let zone = self.zones.get(zi)?;
+        let slot = this_slot(self.nr_slots);
+        zone.rmqueue_pcplist_fast(slot, l, order, mt, gfp_zone(mt).index(), nofragment)
+    }
+
+    /// The full `__alloc_pages()`: request checks, zonelist walk, LOW then MIN pass.
+    #[inline(never)]
+    fn alloc_slow(&self, req: AllocRequest) -> Result<Pfn, BuddyError> {
         let order = req.order.0;
         if order as usize >= MAX_ORDER {
             return Err(BuddyError::InvalidOrder(order));
@@ -343,12 +399,22 @@ impl Pool {
             wmark: Wmark::Min,
             nofragment: false,
         };
-        self.get_page_from_freelist(zonelist, preferred, order, mt, hz, flags)
-            .map(Pfn)
-            .ok_or(BuddyError::NoMemory {
-                order,
-                node: req.node,
-            })
+        if let Some(p) = self.get_page_from_freelist(zonelist, preferred, order, mt, hz, flags) {
+            return Ok(Pfn(p));
+        }
+        // __alloc_pages_direct_reclaim(): when nothing was found, the per-CPU lists are
+        // drained (drain_all_pages) and the allocation is retried once.
+        if self.zones.iter().any(|z| z.pcp_count() > 0) {
+            self.drain_all_pages();
+            if let Some(p) = self.get_page_from_freelist(zonelist, preferred, order, mt, hz, flags)
+            {
+                return Ok(Pfn(p));
+            }
+        }
+        Err(BuddyError::NoMemory {
+            order,
+            node: req.node,
+        })
     }
 
     /// `get_page_from_freelist()`.
@@ -378,8 +444,8 @@ impl Pool {
                 if zone.nr_free_pages() <= mark + reserve {
                     continue;
                 }
-                let pfn = if pcp_allowed_order(order) && !zone.pcp_disabled.load(Ordering::Acquire)
-                {
+                let pcp_order = pcp_allowed_order(order) || pcp_ext_order(order);
+                let pfn = if pcp_order && !zone.pcp_disabled.load(Ordering::Acquire) {
                     let slot = this_slot(self.nr_slots);
                     zone.rmqueue_pcplist(slot, order, mt, flags, mark + reserve)
                 } else {
@@ -398,7 +464,41 @@ impl Pool {
     }
 
     /// `__free_pages()`: returns a block handed out by [`Pool::alloc`].
+    ///
+    /// Fast path first: a valid free of a per-CPU order outside isolated pageblocks goes to
+    /// this slot's list after the same checks as the full path; anything else (an error to
+    /// report, an isolated pageblock, disabled per-CPU lists, overlapping zone spans, order
+    /// 10) takes the full path.
+    #[inline]
     pub fn free(&self, pfn: Pfn, order: Order) -> Result<(), BuddyError> {
+        if self.free_fast(pfn.0, order.0) {
+            return Ok(());
+        }
+        self.free_slow(pfn, order)
+    }
+
+    /// The per-CPU path of [`Pool::free`] (see there); true if the block was freed.
+    #[inline(always)]
+    fn free_fast(&self, pfn: u64, order: u32) -> bool {
+        if !(pcp_allowed_order(order) || pcp_ext_order(order))
+            || pfn & ((1 << order) - 1) != 0
+            || !self.spans_disjoint
+        {
+            return false;
+        }
+        let Some(&(_, _, zi)) = self.spans.iter().find(|&&(s, e, _)| s <= pfn && pfn < e) else {
+            return false;
+        };
+        let zone = &self.zones[zi];
+        if !zone.is_allocated_head(pfn) || zone.alloc_order(pfn) != order {
+            return false;
+        }
+        zone.free_pcp_fast(this_slot(self.nr_slots), pfn, order)
+    }
+
+    /// The full `__free_pages()` with every check and its error.
+    #[inline(never)]
+    fn free_slow(&self, pfn: Pfn, order: Order) -> Result<(), BuddyError> {
         let order = order.0;
         if order as usize >= MAX_ORDER {
             return Err(BuddyError::InvalidOrder(order));
@@ -421,7 +521,7 @@ impl Pool {
         }
         // The allocated-head bit is cleared under the lock that takes the block back, so a
         // concurrent validate() never sees a block that is neither allocated nor cached.
-        let freed = if pcp_allowed_order(order) {
+        let freed = if pcp_allowed_order(order) || pcp_ext_order(order) {
             zone.free_unref_page(this_slot(self.nr_slots), pfn.0, order)
         } else {
             zone.free_one_page(pfn.0, order)
@@ -505,6 +605,17 @@ impl PageAllocator for Pool {
     fn validate(&self) -> Result<(), BuddyError> {
         Pool::validate(self)
     }
+}
+
+/// `alloc_flags_nofragment()` for the preferred zone `zones[preferred]` of a pool with
+/// `nr_nodes` nodes.
+fn alloc_flags_nofragment(zones: &[Zone], nr_nodes: usize, preferred: usize) -> bool {
+    let z = &zones[preferred];
+    if z.zone_type != ZoneType::Normal {
+        return false;
+    }
+    let dma32 = &zones[preferred - 1];
+    !(nr_nodes > 1 && dma32.present_pages() == 0)
 }
 
 fn check_descriptors(descs: &[ZoneDescriptor]) -> Result<(), BuddyError> {

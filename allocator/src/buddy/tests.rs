@@ -540,6 +540,125 @@ fn threads_allocate_disjoint_pages() {
     pool.validate().expect("valid after threads");
 }
 
+/// The per-CPU extension lists (orders 4..=8, not in Linux): a refill takes `ext_batch`
+/// blocks under one lock, a free goes back to the list (the zone's free pages do not
+/// change), a list never grows beyond twice its batch, and draining returns everything.
+#[test]
+fn extension_lists_cache_orders_four_to_eight() {
+    use super::pcp::{ext_batch, ext_pindex};
+    let pool = Pool::new(&small_machine(), small_config()).expect("pool");
+    let z = pool.zone(NodeId(0), ZoneType::Movable).expect("movable");
+    let free0 = z.nr_free_pages();
+    let p = pool
+        .alloc(req(5, MigrateType::Movable, 0))
+        .expect("order 5");
+    assert_eq!(z.zone_type(), ZoneType::Movable);
+    let slot = super::pcp::this_slot(pool.nr_slots);
+    let batch = z.pcp[slot].0.lock().batch;
+    let n = ext_batch(batch, 5);
+    // The refill took n blocks out of the buddy lists; one went to the caller.
+    assert_eq!(z.nr_free_pages(), free0 - (n << 5));
+    assert_eq!(z.pcp_count(), (n - 1) << 5);
+    pool.free(p, Order(5)).expect("free");
+    assert_eq!(z.nr_free_pages(), free0 - (n << 5));
+    assert_eq!(z.pcp_count(), n << 5);
+    pool.validate().expect("valid with cached blocks");
+    // Free many order-4 blocks: the list is flushed whenever it passes 2 * ext_batch.
+    let cap = 2 * ext_batch(batch, 4);
+    let blocks: Vec<Pfn> = (0..3 * cap)
+        .map(|_| {
+            pool.alloc(req(4, MigrateType::Movable, 0))
+                .expect("order 4")
+        })
+        .collect();
+    let l = ext_pindex(MigrateType::Movable, 4);
+    for b in blocks {
+        pool.free(b, Order(4)).expect("free");
+        assert!(z.pcp[slot].0.lock().lists[l].len() as u64 <= cap);
+    }
+    pool.validate().expect("valid after flushes");
+    pool.drain_all_pages();
+    assert_eq!(z.pcp_count(), 0);
+    assert_eq!(z.nr_free_pages(), free0);
+    pool.validate().expect("valid after drain");
+}
+
+/// When an allocation finds nothing, the per-CPU lists (extension lists included) are
+/// drained and the allocation retried, as `__alloc_pages_direct_reclaim` does: so blocks
+/// cached on a slot never make an allocation fail.
+#[test]
+fn exhaustion_drains_per_cpu_lists_before_failing() {
+    let pool = Pool::new(&small_machine(), small_config()).expect("pool");
+    let mut live = Vec::new();
+    while let Ok(p) = pool.alloc(req(6, MigrateType::Movable, 0)) {
+        live.push(p);
+    }
+    // Free as many order-6 blocks as the slot's order-6 extension list keeps without a
+    // flush: they stay cached, and the zones stay at their watermarks.
+    let z = pool.zone(NodeId(0), ZoneType::Movable).expect("movable");
+    let slot = super::pcp::this_slot(pool.nr_slots);
+    let n = super::pcp::ext_batch(z.pcp[slot].0.lock().batch, 6) as usize;
+    assert!(
+        live.len() > n && (live[0].0 - 16384) < 8192,
+        "first blocks from Movable"
+    );
+    for p in live.drain(..n) {
+        pool.free(p, Order(6)).expect("free");
+    }
+    let cached: u64 = pool.zones().iter().map(|z| z.pcp_count()).sum();
+    assert_eq!(cached, (n as u64) << 6);
+    // Order 4 has nothing cached and no zone is above its watermark: only the drain makes
+    // the cached pages available (four order-4 blocks per order-6 block).
+    let mut again = 0;
+    while pool.alloc(req(4, MigrateType::Movable, 0)).is_ok() {
+        again += 1;
+    }
+    assert!(
+        again >= 2 * n,
+        "only {again} order-4 blocks after the drain"
+    );
+    assert!(pool.zones().iter().all(|z| z.pcp_count() == 0));
+    pool.validate().expect("valid");
+}
+
+#[test]
+fn threads_allocate_disjoint_blocks_of_every_cached_order() {
+    let pool = Pool::new(&two_nodes(), small_config()).expect("pool");
+    let all: Vec<Vec<u64>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4u32)
+            .map(|t| {
+                let pool = &pool;
+                s.spawn(move || {
+                    let mut mine = Vec::new();
+                    for i in 0..2000u32 {
+                        let o = (i * 7 + t) % 9;
+                        let mt = MigrateType::PCPTYPES[(i % 3) as usize];
+                        if let Ok(p) = pool.alloc(req(o, mt, t % 2)) {
+                            mine.push((p, o));
+                        }
+                        if i % 2 == 0 && mine.len() > 4 {
+                            let (p, o) = mine.swap_remove((i as usize * 31) % mine.len());
+                            pool.free(p, Order(o)).expect("free");
+                        }
+                    }
+                    mine.iter()
+                        .flat_map(|&(p, o)| p.0..p.0 + (1 << o))
+                        .collect()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    let mut seen = HashSet::new();
+    for p in all.iter().flatten() {
+        assert!(
+            seen.insert(*p),
+            "page {p:#x} handed out twice across threads"
+        );
+    }
+    pool.validate().expect("valid after threads");
+}
+
 #[test]
 fn validate_runs_while_threads_allocate() {
     let pool = Pool::new(&two_nodes(), small_config()).expect("pool");

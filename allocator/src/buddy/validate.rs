@@ -42,7 +42,7 @@ fn validate_zone(z: &Zone) -> Result<(), String> {
         }
         for (pi, list) in p.lists.iter().enumerate() {
             let order = pindex_to_order(pi);
-            for &entry in list {
+            for entry in list.iter() {
                 let pfn = pcp_entry_pfn(entry, order);
                 if cached.insert(pfn, order).is_some() {
                     return Err(format!("pfn {pfn:#x} twice on per-CPU lists"));

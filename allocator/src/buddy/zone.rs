@@ -15,7 +15,8 @@ use super::bitmap::{AtomicBitmap, AtomicTags};
 use super::free_area::FreeIndex;
 use super::pageblock::{can_steal_fallback, fallbacks, migratetype_is_mergeable, Pageblocks};
 use super::pcp::{
-    order_to_pindex, pcp_entry, pcp_entry_mt, pcp_entry_pfn, pindex_to_order, PerCpuPages,
+    ext_batch, ext_high, ext_pindex, order_to_pindex, pcp_entry, pcp_entry_mt, pcp_entry_pfn,
+    pcp_ext_order, pindex_to_order, PerCpuPages, NR_ALL_LISTS, NR_PCP_LISTS,
     PAGE_ALLOC_COSTLY_ORDER,
 };
 use super::spinlock::SpinLock;
@@ -193,11 +194,13 @@ impl Zone {
     }
 
     /// `NR_FREE_PAGES`.
+    #[inline]
     pub fn nr_free_pages(&self) -> u64 {
         self.nr_free_pages.load(Ordering::Acquire)
     }
 
     /// The watermark `w` in pages.
+    #[inline]
     pub fn wmark_pages(&self, w: Wmark) -> u64 {
         self.wmark[w as usize].load(Ordering::Acquire)
     }
@@ -517,7 +520,8 @@ impl Zone {
     }
 
     /// `rmqueue_pcplist()`: a block of a per-CPU order from this slot's list, refilled
-    /// with `rmqueue_bulk()` (`batch`, or `max(batch >> order, 2)` blocks) when empty.
+    /// with `rmqueue_bulk()` (`batch`, or `max(batch >> order, 2)` blocks; for an
+    /// extension order [`ext_batch`] blocks) when empty.
     #[inline]
     pub(crate) fn rmqueue_pcplist(
         &self,
@@ -529,7 +533,12 @@ impl Zone {
     ) -> Option<u64> {
         let mut pcp = self.pcp[slot].0.lock();
         pcp.free_factor >>= 1;
-        let l = order_to_pindex(mt, order);
+        let ext = pcp_ext_order(order);
+        let l = if ext {
+            ext_pindex(mt, order)
+        } else {
+            order_to_pindex(mt, order)
+        };
         if pcp.lists[l].is_empty()
             && !self.rmqueue_bulk(&mut pcp, l, order, mt, flags, mark_plus_reserve)
         {
@@ -537,15 +546,64 @@ impl Zone {
         }
         let entry = pcp.lists[l].pop_front()?;
         pcp.count -= 1 << order;
+        if ext {
+            pcp.ext_count -= 1 << order;
+        }
         let pfn = pcp_entry_pfn(entry, order);
         self.alloc_heads.test_and_set(pfn - self.base);
         Some(pfn)
     }
 
-    /// `rmqueue_bulk()`: refills the empty per-CPU list `l` with `batch` (order 0) or
-    /// `max(batch >> order, 2)` blocks under one zone lock, after checking the watermark for
-    /// orders above 0. Returns false when the watermark check fails. Kept out of line: the
-    /// hit path of `rmqueue_pcplist` stays short.
+    /// `get_page_from_freelist()` → `rmqueue_pcplist()` for the first zone of the first
+    /// pass (ALLOC_WMARK_LOW, `nofragment` as the caller computed it for this preferred
+    /// zone): if the zone is above its LOW watermark plus `lowmem_reserve[highest_zoneidx]`
+    /// (`zone_watermark_fast()`) and its per-CPU lists are enabled, takes a block from this
+    /// slot's list `l`, refilling it first with `rmqueue_bulk()` when empty. Exactly what the
+    /// full path does for this zone; `None` (nothing changed) sends the caller down the full
+    /// path (other zones, the MIN pass), which repeats the failed step unchanged first.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn rmqueue_pcplist_fast(
+        &self,
+        slot: usize,
+        l: usize,
+        order: u32,
+        mt: MigrateType,
+        highest_zoneidx: usize,
+        nofragment: bool,
+    ) -> Option<u64> {
+        let limit = self.wmark_pages(Wmark::Low)
+            + self.lowmem_reserve[highest_zoneidx].load(Ordering::Relaxed);
+        if self.nr_free_pages() <= limit || self.pcp_disabled.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut pcp = self.pcp.get(slot)?.0.lock();
+        let list = pcp.lists.get(l)?;
+        if list.is_empty() {
+            let flags = AllocFlags {
+                wmark: Wmark::Low,
+                nofragment,
+            };
+            if !self.rmqueue_bulk(&mut pcp, l, order, mt, flags, limit) {
+                return None;
+            }
+        }
+        let entry = pcp.lists[l].pop_front()?;
+        pcp.free_factor >>= 1;
+        pcp.count -= 1 << order;
+        if l >= NR_PCP_LISTS {
+            pcp.ext_count -= 1 << order;
+        }
+        let pfn = pcp_entry_pfn(entry, order);
+        self.alloc_heads.test_and_set(pfn - self.base);
+        Some(pfn)
+    }
+
+    /// `rmqueue_bulk()`: refills the empty per-CPU list `l` with `batch` (order 0),
+    /// `max(batch >> order, 2)` blocks, or [`ext_batch`] blocks for an extension list,
+    /// under one zone lock, after checking the watermark for orders above 0. Returns false
+    /// when the watermark check fails. Kept out of line: the hit path of `rmqueue_pcplist`
+    /// stays short.
     #[cold]
     #[inline(never)]
     fn rmqueue_bulk(
@@ -557,8 +615,11 @@ impl Zone {
         flags: AllocFlags,
         mark_plus_reserve: u64,
     ) -> bool {
+        let ext = pcp_ext_order(order);
         let mut batch = pcp.batch.max(1);
-        if order > 0 {
+        if ext {
+            batch = ext_batch(batch, order);
+        } else if order > 0 {
             batch = (batch >> order).max(2);
         }
         let mut st = self.state.lock();
@@ -585,6 +646,9 @@ impl Zone {
         self.publish(&st);
         drop(st);
         pcp.count += got << order;
+        if ext {
+            pcp.ext_count += got << order;
+        }
         true
     }
 
@@ -604,17 +668,52 @@ impl Zone {
 
     /// `free_unref_page()`: onto this slot's per-CPU list, flushing when the slot reaches
     /// `high` (or everything, when high-order frees keep flushing: `free_high`); pages of
-    /// isolated pageblocks go straight to the buddy lists.
-    #[inline]
+    /// isolated pageblocks go straight to the buddy lists. An extension order goes to its
+    /// extension list, flushed by its own rule (see [`super::pcp`]).
     /// Returns false (and changes nothing) if a concurrent free of the block won.
+    #[inline]
     pub(crate) fn free_unref_page(&self, slot: usize, pfn: u64, order: u32) -> bool {
         let mt = self.pageblock_mt(pfn);
         if mt == MigrateType::Isolate || self.pcp_disabled.load(Ordering::Acquire) {
             return self.free_one_page(pfn, order);
         }
+        self.free_unref_page_commit(slot, pfn, order, mt)
+    }
+
+    /// The free path for a caller that has checked everything [`Pool::free`] checks: `pfn`
+    /// is an allocated head of `order` in this zone. Frees to the per-CPU list when the
+    /// pageblock is not isolated and the lists are enabled; false (nothing changed)
+    /// otherwise, or when a concurrent free of the block won, and the caller takes the
+    /// full path, which reports that.
+    ///
+    /// [`Pool::free`]: super::Pool::free
+    #[inline(always)]
+    pub(crate) fn free_pcp_fast(&self, slot: usize, pfn: u64, order: u32) -> bool {
+        let mt = self.pageblock_mt(pfn);
+        if mt == MigrateType::Isolate || self.pcp_disabled.load(Ordering::Acquire) {
+            return false;
+        }
+        self.free_unref_page_commit(slot, pfn, order, mt)
+    }
+
+    /// `free_unref_page_commit()`: puts the block on this slot's list for `mt` and flushes
+    /// by the list's rule.
+    #[inline(always)]
+    fn free_unref_page_commit(&self, slot: usize, pfn: u64, order: u32, mt: MigrateType) -> bool {
         let mut pcp = self.pcp[slot].0.lock();
         if !self.alloc_heads.test_and_clear(pfn - self.base) {
             return false;
+        }
+        if pcp_ext_order(order) {
+            let l = ext_pindex(mt, order);
+            pcp.lists[l].push_front(pfn);
+            pcp.count += 1 << order;
+            pcp.ext_count += 1 << order;
+            let batch = ext_batch(pcp.batch, order);
+            if pcp.lists[l].len() as u64 > 2 * batch || pcp.ext_count > ext_high(pcp.high) {
+                self.free_ext_pages(&mut pcp, l, batch);
+            }
+            return true;
         }
         let l = order_to_pindex(mt, order);
         pcp.lists[l].push_front(pcp_entry(pfn, order, mt));
@@ -622,7 +721,7 @@ impl Zone {
         let free_high = pcp.free_factor > 0 && order > 0 && order <= PAGE_ALLOC_COSTLY_ORDER;
         // nr_pcp_high()
         let high = if free_high { 0 } else { pcp.high };
-        if pcp.count >= high {
+        if pcp.kernel_count() >= high {
             let batch = pcp.batch;
             let n = pcp.nr_pcp_free(high, batch, free_high);
             self.free_pcppages_bulk(&mut pcp, n, l);
@@ -630,15 +729,66 @@ impl Zone {
         true
     }
 
-    /// `free_pcppages_bulk()`: returns `count` pages, round robin over the lists starting
-    /// with list `pindex`, oldest first.
+    /// Returns the oldest `blocks` blocks of extension list `l` to the buddy lists, then,
+    /// while the slot keeps more than [`ext_high`] extension pages, the oldest blocks of
+    /// the other extension lists (highest order first), all under one zone lock.
+    #[cold]
+    #[inline(never)]
+    fn free_ext_pages(&self, pcp: &mut PerCpuPages, l: usize, blocks: u64) {
+        let mut st = self.state.lock();
+        let order = pindex_to_order(l);
+        for _ in 0..blocks {
+            let Some(pfn) = pcp.lists[l].pop_back() else {
+                break;
+            };
+            self.ext_free_locked(&mut st, pcp, pfn, l, order);
+        }
+        let limit = ext_high(pcp.high);
+        if pcp.ext_count <= limit {
+            self.publish(&st);
+            return;
+        }
+        for other in (NR_PCP_LISTS..NR_ALL_LISTS).rev() {
+            let order = pindex_to_order(other);
+            while pcp.ext_count > limit {
+                let Some(pfn) = pcp.lists[other].pop_back() else {
+                    break;
+                };
+                self.ext_free_locked(&mut st, pcp, pfn, other, order);
+            }
+        }
+        self.publish(&st);
+    }
+
+    /// Frees one block taken off extension list `l` (zone lock held).
+    #[inline]
+    fn ext_free_locked(
+        &self,
+        st: &mut ZoneState,
+        pcp: &mut PerCpuPages,
+        pfn: u64,
+        l: usize,
+        order: u32,
+    ) {
+        pcp.count -= 1 << order;
+        pcp.ext_count -= 1 << order;
+        let mt = if self.nr_isolate_pageblock.load(Ordering::Acquire) > 0 {
+            self.pageblock_mt(pfn)
+        } else {
+            pcp_entry_mt(pfn, l)
+        };
+        self.free_one_page_locked(st, pfn, order, mt);
+    }
+
+    /// `free_pcppages_bulk()`: returns `count` pages, round robin over the kernel's lists
+    /// starting with list `pindex`, oldest first.
     pub(crate) fn free_pcppages_bulk(&self, pcp: &mut PerCpuPages, count: u64, pindex: usize) {
-        let mut count = count.min(pcp.count) as i64;
+        let mut count = count.min(pcp.kernel_count()) as i64;
         if count <= 0 {
             return;
         }
         let isolated = self.nr_isolate_pageblock.load(Ordering::Acquire) > 0;
-        let nlists = pcp.lists.len();
+        let nlists = NR_PCP_LISTS;
         let mut p = (pindex + nlists - 1) % nlists;
         let mut st = self.state.lock();
         while count > 0 {
@@ -667,12 +817,22 @@ impl Zone {
         self.publish(&st);
     }
 
-    /// `drain_pages_zone()` for every slot.
+    /// `drain_pages_zone()` for every slot, extension lists included.
     pub(crate) fn drain_pages(&self) {
         for slot in self.pcp.iter() {
             let mut pcp = slot.0.lock();
-            let n = pcp.count;
+            let n = pcp.kernel_count();
             self.free_pcppages_bulk(&mut pcp, n, 0);
+            if pcp.ext_count > 0 {
+                let mut st = self.state.lock();
+                for l in NR_PCP_LISTS..NR_ALL_LISTS {
+                    let order = pindex_to_order(l);
+                    while let Some(pfn) = pcp.lists[l].pop_back() {
+                        self.ext_free_locked(&mut st, &mut pcp, pfn, l, order);
+                    }
+                }
+                self.publish(&st);
+            }
         }
     }
 
