@@ -92,6 +92,49 @@ pub struct VmInfo {
     /// The virtio-balloon, if the VM has one.
     #[serde(default)]
     pub balloon: Option<BalloonReport>,
+    /// Request counts and host time of the VM's virtio-mem devices (summed), if it has any.
+    #[serde(default)]
+    pub virtio_mem_stats: Option<VirtioMemReport>,
+}
+
+/// What a VM's virtio-mem devices did for its guest, summed over its devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtioMemReport {
+    /// Requests handled, by type (`plug`, `unplug`, `unplug_all`, `state`).
+    pub requests: std::collections::BTreeMap<String, u64>,
+    /// Wall time memtide spent handling them, by type, nanoseconds (checks, pool allocation
+    /// or free, memfd punch-hole, remapping).
+    pub request_nanos: std::collections::BTreeMap<String, u64>,
+    /// Answers by kind (`ack`, `nack`, `busy`, `error`, `dropped_chain`).
+    pub answers: std::collections::BTreeMap<String, u64>,
+    /// Wall time memtide spent serving the request queue, nanoseconds: the request handling
+    /// above plus reading requests, writing answers and the used ring.
+    pub host_nanos: u64,
+}
+
+impl VirtioMemReport {
+    /// The report of a VM's devices' summed counters.
+    pub fn new(s: &crate::devices::virtio::mem::VirtioMemStats) -> Self {
+        let named = |c: &crate::devices::virtio::mem::RequestCounts| {
+            c.named().iter().map(|&(k, v)| (k.to_string(), v)).collect()
+        };
+        VirtioMemReport {
+            requests: named(&s.requests),
+            request_nanos: named(&s.request_nanos),
+            answers: [
+                ("ack", s.acks),
+                ("nack", s.nacks),
+                ("busy", s.busy),
+                ("error", s.errors),
+                ("dropped_chain", s.dropped_chains),
+            ]
+            .iter()
+            .map(|&(k, v)| (k.to_string(), v))
+            .collect(),
+            host_nanos: s.queue_nanos,
+        }
+    }
 }
 
 /// A VM's virtio-balloon as the API reports it (sizes in bytes).

@@ -38,6 +38,10 @@ pub trait HotplugMemory: Send + Sync {
     /// Sets `requested_size` of `guest_node`'s device (a multiple of its block size, at
     /// most its usable size) and notifies the guest.
     fn set_requested(&self, guest_node: u32, bytes: u64) -> Result<(), String>;
+    /// The devices' request counts and host time, summed (None: not measured).
+    fn stats(&self) -> Option<crate::devices::virtio::mem::VirtioMemStats> {
+        None
+    }
     /// Memory went back to the pool: devices whose guest was answered BUSY (pool short)
     /// re-announce their configuration so the guest retries now, not at its retry timer.
     /// Returns how many devices were kicked.

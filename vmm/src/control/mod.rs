@@ -35,7 +35,7 @@ use memtide_allocator::PAGE_SIZE;
 pub use crate::balloon::BalloonTarget;
 use crate::devices::virtio::balloon::TargetError;
 pub use error::{ControlError, ErrorKind};
-pub use info::{BalloonReport, NodeInfo, PoolInfo, VmInfo, VmState};
+pub use info::{BalloonReport, NodeInfo, PoolInfo, VirtioMemReport, VmInfo, VmState};
 pub use machine::{HotplugMemory, HotplugNode, KvmLauncher, Launcher, Machine};
 pub use request::{
     CreateVm, Rebalance, RebalanceResult, Request, ResizeResult, ResizeVm, Response, SetBalloon,
@@ -229,6 +229,11 @@ impl VmSlot {
             uptime_secs: self.created.elapsed().as_secs(),
             nodes,
             balloon: self.balloon_report(),
+            virtio_mem_stats: self
+                .hotplug
+                .as_ref()
+                .and_then(|h| h.stats())
+                .map(|s| VirtioMemReport::new(&s)),
         }
     }
 

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::machine::{HotplugMemory, HotplugNode};
-use crate::devices::virtio::mem::{MemoryBackend, VirtioMem};
+use crate::devices::virtio::mem::{MemoryBackend, VirtioMem, VirtioMemStats};
 use crate::devices::virtio::mmio::MmioTransport;
 
 /// One transport-wrapped virtio-mem device as the VM shares it.
@@ -56,6 +56,15 @@ where
         t.device_mut()
             .set_requested_size(bytes)
             .map_err(|e| e.to_string())
+    }
+
+    fn stats(&self) -> Option<VirtioMemStats> {
+        let mut sum = VirtioMemStats::default();
+        for (_, t) in &self.devices {
+            let t = t.lock().unwrap_or_else(|p| p.into_inner());
+            sum.add(&t.device().stats());
+        }
+        Some(sum)
     }
 
     fn kick_busy(&self) -> usize {
@@ -172,5 +181,45 @@ mod tests {
         assert_eq!(answer, Response::Ack);
         assert_eq!(h.kick_busy(), 0, "plugged as requested");
         let _ = line;
+    }
+
+    #[test]
+    fn stats_sum_the_devices_and_move_with_requests() {
+        use crate::control::VirtioMemReport;
+        use crate::devices::virtio::mem::{BlockRequest, Request};
+        let (irq, _line) = counting_interrupt();
+        let mut devices = Vec::new();
+        for (node, addr) in [(0u32, 4u64 << 30), (1, 5 << 30)] {
+            let cfg = VirtioMemConfig {
+                addr,
+                region_size: 256 << 20,
+                block_size: 2 << 20,
+                node_id: None,
+                requested_size: 8 << 20,
+            };
+            let dev = VirtioMem::new(cfg, NoBackend, irq.clone()).expect("device");
+            let t = MmioTransport::new(dev, test_memory(), irq.clone()).expect("transport");
+            devices.push((node, Arc::new(Mutex::new(t))));
+        }
+        let h = VirtioMemHotplug::new(devices.clone());
+        let before = h.stats().expect("measured");
+        assert_eq!(before.requests.plug + before.queue_nanos, 0);
+        for (i, (_, t)) in devices.iter().enumerate() {
+            let addr = (4 + i as u64) << 30;
+            let mut t = t.lock().expect("lock");
+            let d = t.device_mut();
+            d.handle_request(Request::Plug(BlockRequest { addr, nb_blocks: 2 }));
+            d.handle_request(Request::Unplug(BlockRequest { addr, nb_blocks: 1 }));
+        }
+        let after = h.stats().expect("measured");
+        assert_eq!((after.requests.plug, after.requests.unplug), (2, 2));
+        assert_eq!(after.acks, 4);
+        let report = VirtioMemReport::new(&after);
+        assert_eq!(report.requests["plug"], 2);
+        assert_eq!(report.requests["unplug"], 2);
+        assert_eq!(report.requests["state"], 0);
+        assert_eq!(report.answers["ack"], 4);
+        assert_eq!(report.host_nanos, after.queue_nanos);
+        assert_eq!(report.request_nanos["plug"], after.request_nanos.plug);
     }
 }

@@ -20,6 +20,11 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Nanoseconds as seconds with nanosecond precision.
+fn seconds(nanos: u64) -> String {
+    format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000)
+}
+
 fn head(m: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(m, "# HELP {name} {help}");
     let _ = writeln!(m, "# TYPE {name} {kind}");
@@ -163,6 +168,56 @@ pub fn render(pool: &PoolInfo, vms: &[VmInfo], responses: &[(u16, u64)]) -> Stri
     }
     head(
         &mut m,
+        "memtide_vm_virtio_mem_host_seconds_total",
+        "counter",
+        "Wall time memtide spent serving a VM's virtio-mem requests (queue, checks, pool, punch-hole, remap).",
+    );
+    for v in vms {
+        let Some(s) = &v.virtio_mem_stats else {
+            continue;
+        };
+        let _ = writeln!(
+            m,
+            "memtide_vm_virtio_mem_host_seconds_total{{vm=\"{}\"}} {}",
+            label(&v.id),
+            seconds(s.host_nanos)
+        );
+    }
+    head(
+        &mut m,
+        "memtide_vm_virtio_mem_requests_total",
+        "counter",
+        "virtio-mem requests a VM's guest made, by type.",
+    );
+    for v in vms {
+        for (kind, c) in v.virtio_mem_stats.iter().flat_map(|s| &s.requests) {
+            let _ = writeln!(
+                m,
+                "memtide_vm_virtio_mem_requests_total{{vm=\"{}\",type=\"{}\"}} {c}",
+                label(&v.id),
+                label(kind)
+            );
+        }
+    }
+    head(
+        &mut m,
+        "memtide_vm_virtio_mem_request_seconds_total",
+        "counter",
+        "Wall time memtide spent handling a VM's virtio-mem requests, by type.",
+    );
+    for v in vms {
+        for (kind, n) in v.virtio_mem_stats.iter().flat_map(|s| &s.request_nanos) {
+            let _ = writeln!(
+                m,
+                "memtide_vm_virtio_mem_request_seconds_total{{vm=\"{}\",type=\"{}\"}} {}",
+                label(&v.id),
+                label(kind),
+                seconds(*n)
+            );
+        }
+    }
+    head(
+        &mut m,
         "memtide_api_responses_total",
         "counter",
         "API responses by HTTP status code.",
@@ -181,4 +236,70 @@ pub async fn get(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         render(&pool, &vms, &responses),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memtide_vmm::control::VirtioMemReport;
+    use memtide_vmm::devices::virtio::mem::VirtioMemStats;
+
+    /// A running VM `a` with `stats` (built from JSON: fields other than the required ones
+    /// stay at their defaults).
+    fn vm(stats: Option<VirtioMemReport>) -> VmInfo {
+        let mut v: VmInfo = serde_json::from_value(serde_json::json!({
+            "id": "a",
+            "state": "running",
+            "vcpus": 1,
+            "boot_memory": 256u64 << 20,
+            "total_memory": 256u64 << 20,
+            "virtio_mem": stats.is_some(),
+            "kernel": "/k",
+            "uptime_secs": 0,
+            "nodes": [],
+        }))
+        .expect("a VmInfo");
+        v.virtio_mem_stats = stats;
+        v
+    }
+
+    fn pool() -> PoolInfo {
+        PoolInfo {
+            page_size: 4096,
+            min_free_kbytes: 0,
+            managed_pages: 0,
+            free_pages: 0,
+            nodes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn virtio_mem_counters_follow_the_devices() {
+        let mut s = VirtioMemStats::default();
+        let text = render(&pool(), &[vm(Some(VirtioMemReport::new(&s)))], &[]);
+        assert!(
+            text.contains("memtide_vm_virtio_mem_host_seconds_total{vm=\"a\"} 0.000000000\n"),
+            "{text}"
+        );
+        assert!(text.contains("memtide_vm_virtio_mem_requests_total{vm=\"a\",type=\"plug\"} 0\n"));
+        s.requests.plug = 512;
+        s.requests.unplug = 3;
+        s.request_nanos.plug = 1_250_000_000;
+        s.queue_nanos = 2_000_000_007;
+        let text = render(&pool(), &[vm(Some(VirtioMemReport::new(&s)))], &[]);
+        for want in [
+            "memtide_vm_virtio_mem_host_seconds_total{vm=\"a\"} 2.000000007\n",
+            "memtide_vm_virtio_mem_requests_total{vm=\"a\",type=\"plug\"} 512\n",
+            "memtide_vm_virtio_mem_requests_total{vm=\"a\",type=\"unplug\"} 3\n",
+            "memtide_vm_virtio_mem_request_seconds_total{vm=\"a\",type=\"plug\"} 1.250000000\n",
+        ] {
+            assert!(text.contains(want), "{want} in\n{text}");
+        }
+        // A VM without virtio-mem has no such series.
+        let text = render(&pool(), &[vm(None)], &[]);
+        assert!(
+            !text.contains("memtide_vm_virtio_mem_requests_total{"),
+            "{text}"
+        );
+    }
 }

@@ -5,6 +5,7 @@
 //! only) → state of every block (ERROR) → backend (BUSY on failure) → ACK.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_MEM;
 use virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT;
@@ -117,7 +118,7 @@ impl<T: MemoryBackend + ?Sized> MemoryBackend for Box<T> {
     }
 }
 
-/// What the device answered so far.
+/// What the device answered so far, and the host time it spent on requests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct VirtioMemStats {
     /// Requests answered ACK.
@@ -131,6 +132,75 @@ pub struct VirtioMemStats {
     /// Descriptor chains that could not be answered (bad descriptors, no room for a response,
     /// buffers in unplugged device memory): returned to the driver with nothing written.
     pub dropped_chains: u64,
+    /// Well-formed requests handled, by type.
+    pub requests: RequestCounts,
+    /// Wall time spent handling them, by type, nanoseconds (range and state checks, the
+    /// backend: pool allocation or free, memfd punch-hole, remapping).
+    pub request_nanos: RequestCounts,
+    /// Wall time spent in queue processing, nanoseconds: everything the device does for the
+    /// driver's requests (popping chains, reading requests, handling them, writing answers,
+    /// the used ring). Includes `request_nanos`.
+    pub queue_nanos: u64,
+}
+
+impl VirtioMemStats {
+    /// Adds `other`'s counts to these (a VM's devices summed).
+    pub fn add(&mut self, other: &VirtioMemStats) {
+        self.acks += other.acks;
+        self.nacks += other.nacks;
+        self.busy += other.busy;
+        self.errors += other.errors;
+        self.dropped_chains += other.dropped_chains;
+        self.requests.add(&other.requests);
+        self.request_nanos.add(&other.request_nanos);
+        self.queue_nanos += other.queue_nanos;
+    }
+}
+
+/// A count per request type.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RequestCounts {
+    /// `VIRTIO_MEM_REQ_PLUG`.
+    pub plug: u64,
+    /// `VIRTIO_MEM_REQ_UNPLUG`.
+    pub unplug: u64,
+    /// `VIRTIO_MEM_REQ_UNPLUG_ALL`.
+    pub unplug_all: u64,
+    /// `VIRTIO_MEM_REQ_STATE`.
+    pub state: u64,
+}
+
+impl RequestCounts {
+    /// The counts by the names the API uses: `plug`, `unplug`, `unplug_all`, `state`.
+    pub fn named(&self) -> [(&'static str, u64); 4] {
+        [
+            ("plug", self.plug),
+            ("unplug", self.unplug),
+            ("unplug_all", self.unplug_all),
+            ("state", self.state),
+        ]
+    }
+
+    fn add(&mut self, other: &RequestCounts) {
+        self.plug += other.plug;
+        self.unplug += other.unplug;
+        self.unplug_all += other.unplug_all;
+        self.state += other.state;
+    }
+
+    fn of(&mut self, request: &Request) -> &mut u64 {
+        match request {
+            Request::Plug(_) => &mut self.plug,
+            Request::Unplug(_) => &mut self.unplug,
+            Request::UnplugAll => &mut self.unplug_all,
+            Request::State(_) => &mut self.state,
+        }
+    }
+}
+
+/// Nanoseconds since `start`, saturating.
+fn nanos_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A virtio-mem device.
@@ -350,12 +420,17 @@ impl<B: MemoryBackend> VirtioMem<B> {
 
     /// Handles one request and returns the answer (the state changes, if any, are done).
     pub fn handle_request(&mut self, request: Request) -> Response {
+        let start = Instant::now();
         let response = match request {
             Request::Plug(b) => self.plug(b),
             Request::Unplug(b) => self.unplug(b),
             Request::UnplugAll => self.unplug_all_request(),
             Request::State(b) => self.state(b),
         };
+        let nanos = nanos_since(start);
+        *self.stats.requests.of(&request) += 1;
+        let spent = self.stats.request_nanos.of(&request);
+        *spent = spent.saturating_add(nanos);
         self.count(response);
         response
     }
@@ -628,6 +703,23 @@ impl<B: MemoryBackend> VirtioDevice for VirtioMem<B> {
         if !self.active || index != 0 {
             return false;
         }
+        let start = Instant::now();
+        let used = self.drain_queue(queue, mem);
+        self.stats.queue_nanos = self.stats.queue_nanos.saturating_add(nanos_since(start));
+        used
+    }
+
+    fn reset(&mut self) {
+        // Block states survive a device reset (virtio 1.2 section 5.15.5.2).
+        self.active = false;
+        self.acked_features = 0;
+        self.rings.clear();
+    }
+}
+
+impl<B: MemoryBackend> VirtioMem<B> {
+    /// Answers every available chain of the request queue; true if any was used.
+    fn drain_queue(&mut self, queue: &mut Queue, mem: &VirtioGuestMemory) -> bool {
         let mut used = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
@@ -644,12 +736,5 @@ impl<B: MemoryBackend> VirtioDevice for VirtioMem<B> {
             used = true;
         }
         used
-    }
-
-    fn reset(&mut self) {
-        // Block states survive a device reset (virtio 1.2 section 5.15.5.2).
-        self.active = false;
-        self.acked_features = 0;
-        self.rings.clear();
     }
 }

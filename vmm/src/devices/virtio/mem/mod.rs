@@ -16,7 +16,7 @@ pub mod request;
 mod tests;
 
 pub use device::{
-    BackendError, MemoryBackend, VirtioMem, VirtioMemConfig, VirtioMemError, VirtioMemStats,
-    VIRTIO_MEM_F_ACPI_PXM, VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE,
+    BackendError, MemoryBackend, RequestCounts, VirtioMem, VirtioMemConfig, VirtioMemError,
+    VirtioMemStats, VIRTIO_MEM_F_ACPI_PXM, VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE,
 };
 pub use request::{BlockRequest, BlockState, Request, Response};

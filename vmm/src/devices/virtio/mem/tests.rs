@@ -1037,3 +1037,80 @@ proptest! {
         check_consistent(t.device());
     }
 }
+
+/// Takes `delay` for every plug and unplug.
+struct SlowBackend(std::time::Duration);
+
+impl MemoryBackend for SlowBackend {
+    fn plug(&mut self, _: GuestAddress, _: u64) -> Result<(), BackendError> {
+        std::thread::sleep(self.0);
+        Ok(())
+    }
+    fn unplug(&mut self, _: GuestAddress, _: u64) -> Result<(), BackendError> {
+        std::thread::sleep(self.0);
+        Ok(())
+    }
+}
+
+#[test]
+fn requests_and_host_time_are_counted_by_type() {
+    let mem = test_memory();
+    let (irq, _line) = counting_interrupt();
+    let delay = std::time::Duration::from_millis(3);
+    let dev = VirtioMem::new(config(8 * MIB), SlowBackend(delay), irq.clone()).expect("valid");
+    let mut t = MmioTransport::new(dev, mem.clone(), irq).expect("valid queue");
+    let offered = device_features(&mut t);
+    assert!(negotiate(&mut t, offered));
+    let mut q = QueueDriver::new(&mem);
+    setup_queue(&mut t, 0, u32::from(QUEUE_LEN), &q.mock);
+    driver_ok(&mut t);
+    assert_eq!(t.device().stats().queue_nanos, 0);
+    let send =
+        |t: &mut MmioTransport<VirtioMem<SlowBackend>>, q: &mut QueueDriver<'_>, r: Request| {
+            q.put(REQ_AT, &r.to_bytes());
+            q.offer(&[
+                Buf {
+                    addr: REQ_AT,
+                    len: 24,
+                    write: false,
+                },
+                Buf {
+                    addr: RESP_AT,
+                    len: 10,
+                    write: true,
+                },
+            ]);
+            write32(t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+            assert!(q.take_used().is_some(), "{r:?} answered");
+        };
+    send(&mut t, &mut q, plug(blk(0), 2));
+    send(&mut t, &mut q, plug(blk(2), 2));
+    send(&mut t, &mut q, state(blk(0), 4));
+    send(&mut t, &mut q, unplug(blk(0), 2));
+    send(&mut t, &mut q, Request::UnplugAll);
+    let s = t.device().stats();
+    assert_eq!(
+        s.requests,
+        RequestCounts {
+            plug: 2,
+            unplug: 1,
+            unplug_all: 1,
+            state: 1
+        }
+    );
+    let ns = |d: std::time::Duration| d.as_nanos() as u64;
+    assert!(s.request_nanos.plug >= 2 * ns(delay), "{s:?}");
+    assert!(s.request_nanos.unplug >= ns(delay), "{s:?}");
+    assert!(s.request_nanos.unplug_all >= ns(delay), "{s:?}");
+    let handled: u64 = s.request_nanos.named().iter().map(|(_, n)| n).sum();
+    assert!(
+        s.queue_nanos >= handled,
+        "queue time includes handling: {s:?}"
+    );
+    // Summing devices adds every counter.
+    let mut sum = s;
+    sum.add(&s);
+    assert_eq!(sum.requests.plug, 4);
+    assert_eq!(sum.queue_nanos, 2 * s.queue_nanos);
+    assert_eq!(sum.acks, 2 * s.acks);
+}
