@@ -87,6 +87,14 @@ impl AtomicTags {
         ((w >> ((i % 32) * 2)) & 3) as u8
     }
 
+    /// The tags at `i` and `i + 1` in one read: bits 0-1 the tag at `i`, bits 2-3 the tag at
+    /// `i + 1` when both lie in one word (always when `i` is even), else 0.
+    #[inline]
+    pub(crate) fn get_pair(&self, i: u64) -> u8 {
+        let w = self.words[(i / 32) as usize].load(Ordering::Acquire);
+        ((w >> ((i % 32) * 2)) & 0xf) as u8
+    }
+
     /// Sets the tag at `i`. The caller holds the lock that serialises writers.
     #[inline]
     pub(crate) fn set(&self, i: u64, tag: u8) {
@@ -133,5 +141,8 @@ mod tests {
         t.set(34, 3);
         t.set(33, 1);
         assert_eq!((t.get(32), t.get(33), t.get(34)), (0, 1, 3));
+        assert_eq!(t.get_pair(33), 1 | 3 << 2);
+        t.set(63, 2);
+        assert_eq!(t.get_pair(63), 2);
     }
 }

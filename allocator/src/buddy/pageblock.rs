@@ -95,6 +95,12 @@ impl Pageblocks {
         list_migratetype(usize::from(self.mt[pb as usize].load(Ordering::Acquire)))
     }
 
+    /// The free-list index ([`list_index`]) of pageblock `pb`'s migratetype.
+    #[inline]
+    pub(crate) fn get_index(&self, pb: u64) -> usize {
+        usize::from(self.mt[pb as usize].load(Ordering::Acquire))
+    }
+
     /// `set_pageblock_migratetype()`; the caller holds the zone lock.
     #[inline]
     pub(crate) fn set(&self, pb: u64, mt: MigrateType) {

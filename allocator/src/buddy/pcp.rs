@@ -70,9 +70,39 @@ pub const fn pcp_ext_order(order: u32) -> bool {
     order >= PCP_EXT_MIN_ORDER && order <= PCP_EXT_MAX_ORDER
 }
 
+/// `PCP_PINDEX[order][list_index(mt)]`: the per-CPU list (kernel or extension) of every
+/// order up to pageblock order and per-CPU migratetype; one load on the fast paths.
+const PCP_PINDEX: [[u8; MIGRATE_PCPTYPES]; PAGEBLOCK_ORDER as usize + 1] = {
+    let mut t = [[0u8; MIGRATE_PCPTYPES]; PAGEBLOCK_ORDER as usize + 1];
+    let mut order = 0;
+    while order <= PAGEBLOCK_ORDER as usize {
+        let mut m = 0;
+        while m < MIGRATE_PCPTYPES {
+            t[order][m] = if order == PAGEBLOCK_ORDER as usize {
+                NR_LOWORDER_PCP_LISTS
+            } else if order > PAGE_ALLOC_COSTLY_ORDER as usize {
+                NR_PCP_LISTS + MIGRATE_PCPTYPES * (order - PCP_EXT_MIN_ORDER as usize) + m
+            } else {
+                MIGRATE_PCPTYPES * order + m
+            } as u8;
+            m += 1;
+        }
+        order += 1;
+    }
+    t
+};
+
+/// The per-CPU list of `order` for free-list index `mti` (0..3: UNMOVABLE, MOVABLE,
+/// RECLAIMABLE), by table; `None` for order 10 or another index.
+#[inline(always)]
+pub(crate) fn pcp_pindex_of(mti: usize, order: u32) -> Option<usize> {
+    Some(usize::from(*PCP_PINDEX.get(order as usize)?.get(mti)?))
+}
+
 /// The per-CPU list (kernel or extension) a block of `order` and migratetype `mt` goes to,
-/// or `None` if the order has none (10) or `mt` is not a per-CPU type.
-#[inline]
+/// or `None` if the order has none (10) or `mt` is not a per-CPU type: the reference the
+/// table of [`pcp_pindex_of`] is tested against.
+#[cfg(test)]
 pub(crate) fn pcp_pindex(mt: MigrateType, order: u32) -> Option<usize> {
     if !matches!(
         mt,
@@ -397,6 +427,20 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), NR_EXT_LISTS);
+        for order in 0..=PAGEBLOCK_ORDER + 1 {
+            for mt in [
+                MigrateType::Unmovable,
+                MigrateType::Movable,
+                MigrateType::Reclaimable,
+                MigrateType::Isolate,
+            ] {
+                assert_eq!(
+                    pcp_pindex(mt, order),
+                    pcp_pindex_of(list_index(mt), order),
+                    "{mt:?} order {order}"
+                );
+            }
+        }
         assert!(!pcp_ext_order(3) && !pcp_ext_order(9));
         // 4 GiB zone (batch 63): about 8 * batch pages per refill, at least two blocks.
         assert_eq!(ext_batch(63, 4), 31);

@@ -2,7 +2,9 @@
 //! (`__alloc_pages` → `get_page_from_freelist` → `rmqueue`).
 
 use super::pageblock::list_index;
-use super::pcp::{pageset_high_and_batch, pcp_allowed_order, pcp_ext_order, pcp_pindex, this_slot};
+use super::pcp::{
+    pageset_high_and_batch, pcp_allowed_order, pcp_ext_order, pcp_pindex_of, this_slot,
+};
 use super::watermark::{
     calculate_min_free_kbytes, setup_per_zone_lowmem_reserve, setup_per_zone_wmarks, Wmark,
     DEFAULT_LOWMEM_RESERVE_RATIO, DEFAULT_WATERMARK_SCALE_FACTOR, MAX_NR_ZONES,
@@ -11,7 +13,8 @@ use super::zone::{AllocFlags, Zone};
 use super::zonelist::{gfp_zone, node_orders, LOCAL_DISTANCE, REMOTE_DISTANCE};
 use super::{BuddyError, PageAllocator};
 use crate::types::{
-    MigrateType, NodeId, Order, Pfn, ZoneDescriptor, ZoneType, MAX_NUMNODES, MAX_ORDER, PAGE_SIZE,
+    MigrateType, NodeId, Order, Pfn, ZoneDescriptor, ZoneType, MAX_NUMNODES, MAX_ORDER,
+    PAGEBLOCK_ORDER, PAGE_SIZE,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -347,8 +350,14 @@ impl Pool {
         }
         let mt = req.migratetype;
         let order = req.order.0;
-        let l = pcp_pindex(mt, order)?;
-        let (zi, nofragment) = self.fast_zone.get(req.node.0 as usize)?[list_index(mt)];
+        let mti = match mt {
+            MigrateType::Unmovable | MigrateType::Movable | MigrateType::Reclaimable => {
+                list_index(mt)
+            }
+            _ => return None,
+        };
+        let l = pcp_pindex_of(mti, order)?;
+        let (zi, nofragment) = self.fast_zone.get(req.node.0 as usize)?[mti];
         let zone = self.zones.get(zi)?;
         let slot = this_slot(self.nr_slots);
         zone.rmqueue_pcplist_fast(slot, l, order, mt, gfp_zone(mt).index(), nofragment)
@@ -480,17 +489,18 @@ impl Pool {
     /// The per-CPU path of [`Pool::free`] (see there); true if the block was freed.
     #[inline(always)]
     fn free_fast(&self, pfn: u64, order: u32) -> bool {
-        if !(pcp_allowed_order(order) || pcp_ext_order(order))
-            || pfn & ((1 << order) - 1) != 0
-            || !self.spans_disjoint
-        {
+        // Every order up to pageblock order has a per-CPU list (kernel or extension).
+        const _: () = assert!(pcp_ext_order(PAGEBLOCK_ORDER - 1) && pcp_allowed_order(3));
+        if order > PAGEBLOCK_ORDER || pfn & ((1 << order) - 1) != 0 || !self.spans_disjoint {
             return false;
         }
         let Some(&(_, _, zi)) = self.spans.iter().find(|&&(s, e, _)| s <= pfn && pfn < e) else {
             return false;
         };
-        let zone = &self.zones[zi];
-        if !zone.is_allocated_head(pfn) || zone.alloc_order(pfn) != order {
+        let Some(zone) = self.zones.get(zi) else {
+            return false;
+        };
+        if zone.allocated_order(pfn) != Some(order) {
             return false;
         }
         zone.free_pcp_fast(this_slot(self.nr_slots), pfn, order)

@@ -13,10 +13,13 @@
 
 use super::bitmap::{AtomicBitmap, AtomicTags};
 use super::free_area::FreeIndex;
-use super::pageblock::{can_steal_fallback, fallbacks, migratetype_is_mergeable, Pageblocks};
+use super::pageblock::{
+    can_steal_fallback, fallbacks, list_index, list_migratetype, migratetype_is_mergeable,
+    Pageblocks,
+};
 use super::pcp::{
     ext_batch, ext_high, ext_pindex, order_to_pindex, pcp_entry, pcp_entry_mt, pcp_entry_pfn,
-    pcp_ext_order, pindex_to_order, PerCpuPages, NR_ALL_LISTS, NR_PCP_LISTS,
+    pcp_ext_order, pcp_pindex_of, pindex_to_order, PerCpuPages, NR_ALL_LISTS, NR_PCP_LISTS,
     PAGE_ALLOC_COSTLY_ORDER,
 };
 use super::spinlock::SpinLock;
@@ -262,6 +265,24 @@ impl Zone {
         } else {
             (((t - 1) << 2) | u32::from(self.tags.get(idx + 1))) + 1
         }
+    }
+
+    /// The order of the block at `pfn` if it is handed out to a caller (its allocated-head
+    /// bit is set), read with one load of each bitmap: `is_allocated_head` and
+    /// `alloc_order` together.
+    #[inline(always)]
+    pub(crate) fn allocated_order(&self, pfn: u64) -> Option<u32> {
+        let idx = pfn - self.base;
+        if !self.alloc_heads.test(idx) {
+            return None;
+        }
+        let pair = u32::from(self.tags.get_pair(idx));
+        let t = pair & 3;
+        Some(if t == 0 {
+            0
+        } else {
+            (((t - 1) << 2) | (pair >> 2)) + 1
+        })
     }
 
     /// Whether the block at `pfn` is handed out to a caller.
@@ -677,7 +698,11 @@ impl Zone {
         if mt == MigrateType::Isolate || self.pcp_disabled.load(Ordering::Acquire) {
             return self.free_one_page(pfn, order);
         }
-        self.free_unref_page_commit(slot, pfn, order, mt)
+        let mti = list_index(mt);
+        match pcp_pindex_of(mti, order) {
+            Some(l) => self.free_unref_page_commit(slot, pfn, order, l, mti),
+            None => self.free_one_page(pfn, order),
+        }
     }
 
     /// The free path for a caller that has checked everything [`Pool::free`] checks: `pfn`
@@ -689,23 +714,33 @@ impl Zone {
     /// [`Pool::free`]: super::Pool::free
     #[inline(always)]
     pub(crate) fn free_pcp_fast(&self, slot: usize, pfn: u64, order: u32) -> bool {
-        let mt = self.pageblock_mt(pfn);
-        if mt == MigrateType::Isolate || self.pcp_disabled.load(Ordering::Acquire) {
+        let mti = self.pageblocks.get_index(self.pb(pfn));
+        if self.pcp_disabled.load(Ordering::Acquire) {
             return false;
         }
-        self.free_unref_page_commit(slot, pfn, order, mt)
+        // ISOLATE (index 3) has no per-CPU list.
+        let Some(l) = pcp_pindex_of(mti, order) else {
+            return false;
+        };
+        self.free_unref_page_commit(slot, pfn, order, l, mti)
     }
 
-    /// `free_unref_page_commit()`: puts the block on this slot's list for `mt` and flushes
-    /// by the list's rule.
+    /// `free_unref_page_commit()`: puts the block on this slot's list `l` (the list of
+    /// `order` and free-list index `mti`) and flushes by the list's rule.
     #[inline(always)]
-    fn free_unref_page_commit(&self, slot: usize, pfn: u64, order: u32, mt: MigrateType) -> bool {
+    fn free_unref_page_commit(
+        &self,
+        slot: usize,
+        pfn: u64,
+        order: u32,
+        l: usize,
+        mti: usize,
+    ) -> bool {
         let mut pcp = self.pcp[slot].0.lock();
         if !self.alloc_heads.test_and_clear(pfn - self.base) {
             return false;
         }
-        if pcp_ext_order(order) {
-            let l = ext_pindex(mt, order);
+        if l >= NR_PCP_LISTS {
             pcp.lists[l].push_front(pfn);
             pcp.count += 1 << order;
             pcp.ext_count += 1 << order;
@@ -715,8 +750,7 @@ impl Zone {
             }
             return true;
         }
-        let l = order_to_pindex(mt, order);
-        pcp.lists[l].push_front(pcp_entry(pfn, order, mt));
+        pcp.lists[l].push_front(pcp_entry(pfn, order, list_migratetype(mti)));
         pcp.count += 1 << order;
         let free_high = pcp.free_factor > 0 && order > 0 && order <= PAGE_ALLOC_COSTLY_ORDER;
         // nr_pcp_high()
