@@ -139,6 +139,11 @@ impl Client {
         self.call("GET", "/v1/pool", None::<&()>)
     }
 
+    /// `GET /v1/pool/audit`.
+    pub fn pool_audit(&self) -> Result<memtide_vmm::control::PoolAudit, ClientError> {
+        self.call("GET", "/v1/pool/audit", None::<&()>)
+    }
+
     /// `GET /v1/vms`.
     pub fn list_vms(&self) -> Result<Vec<VmInfo>, ClientError> {
         self.call("GET", "/v1/vms", None::<&()>)

@@ -131,6 +131,7 @@ pub fn vm_body(
         kernelcore: None,
         movablecore: None,
         console: Some(console.into()),
+        console_socket: None,
         balloon: None,
     }
 }

@@ -116,6 +116,9 @@ pub struct CreateVmBody {
     /// Serial console file, an absolute path (default: the service's console dir).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console: Option<String>,
+    /// Serve the serial console on this Unix socket instead (an absolute path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_socket: Option<String>,
     /// The virtio-balloon (default: on, guest statistics every 2 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<BalloonConfigBody>,
@@ -208,6 +211,16 @@ impl CreateVmBody {
             .as_deref()
             .map(|p| absolute("console", p))
             .transpose()?;
+        let console_socket = self
+            .console_socket
+            .as_deref()
+            .map(|p| absolute("console_socket", p))
+            .transpose()?;
+        if console.is_some() && console_socket.is_some() {
+            return Err(BodyError(
+                "console and console_socket are exclusive: the console goes to one of them".into(),
+            ));
+        }
         let numa: Vec<NumaNodeConfig> = self
             .numa
             .iter()
@@ -235,6 +248,9 @@ impl CreateVmBody {
         config.guest_kernelcore = self.kernelcore;
         config.guest_movablecore = self.movablecore;
         config.serial_input = false;
+        if let Some(p) = console_socket {
+            config.serial_output = memtide_vmm::SerialOutput::Socket(p);
+        }
         if let Some(b) = &self.balloon {
             config.balloon = b.to_config();
         }

@@ -37,6 +37,7 @@ fn vm(id: &str, memory: u64, hotplug: u64) -> CreateVmBody {
         kernelcore: None,
         movablecore: None,
         console: None,
+        console_socket: None,
         balloon: None,
     }
 }
@@ -108,6 +109,10 @@ fn life_cycle_over_http() {
         (m.from.nodes[0].plugged, m.to.nodes[0].plugged),
         (100 * M, 100 * M)
     );
+    let audit = c.pool_audit().expect("audit");
+    assert!(audit.consistent, "{:?}", audit.problems);
+    assert_eq!(audit.owned_pages, audit.allocated_pages);
+    assert_eq!(audit.owned_pages, (2 * 64 + 200) * M / 4096);
 
     let metrics = c.metrics().expect("metrics");
     for want in [
@@ -384,6 +389,18 @@ fn hostile_requests_get_clean_4xx_and_change_nothing() {
         ),
         // Bad ids and paths in bodies.
         json_case("POST", "/v1/vms", "{\"kernel\":\"relative/vmlinuz\"}", 400),
+        json_case(
+            "POST",
+            "/v1/vms",
+            &format!("{{{k},\"console_socket\":\"rel.sock\"}}"),
+            400,
+        ),
+        json_case(
+            "POST",
+            "/v1/vms",
+            &format!("{{{k},\"console\":\"/tmp/x.console\",\"console_socket\":\"/tmp/x.sock\"}}"),
+            400,
+        ),
         json_case(
             "POST",
             "/v1/vms",

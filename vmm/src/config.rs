@@ -191,6 +191,9 @@ pub enum SerialOutput {
     Stdout,
     /// A file (created or truncated).
     File(PathBuf),
+    /// A Unix socket the VMM listens on: one client at a time gets the output (recent output
+    /// first) and feeds the input ([`crate::devices::console_socket`]).
+    Socket(PathBuf),
 }
 
 /// Everything needed to build and boot one VM.

@@ -26,4 +26,4 @@ pub mod zones;
 
 pub use config::{NumaNodeConfig, SerialOutput, VmConfig};
 pub use exit::ExitReason;
-pub use vm::{Vm, VmError};
+pub use vm::{Console, Vm, VmError};

@@ -3,7 +3,6 @@
 //! kernel/initrd, ACPI tables, zero page, devices, vCPUs; [`Vm::run`] runs it to the end.
 
 use std::fs::File;
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -19,6 +18,7 @@ use crate::boot::{cmdline, loader, params};
 use crate::config::{ConfigError, SerialOutput, VmConfig};
 use crate::cpu::topology::CpuTopology;
 use crate::cpu::vcpu::{self, Vcpu, VcpuError};
+use crate::devices::console_socket::{ConsoleSocket, ConsoleSocketError};
 use crate::devices::serial::{SerialDevice, SerialOut, COM1_IRQ, COM1_PORT, UART_PORTS};
 use crate::devices::shutdown::{AcpiShutdown, I8042Reset, I8042_PORT, SHUTDOWN_PORT};
 use crate::devices::virtio::balloon::AttachError;
@@ -59,6 +59,9 @@ pub enum VmError {
     /// The serial output file cannot be created.
     #[error("cannot create serial output file {0}: {1}")]
     SerialFile(std::path::PathBuf, std::io::Error),
+    /// The serial console socket cannot be set up.
+    #[error(transparent)]
+    ConsoleSocket(#[from] ConsoleSocketError),
     /// /dev/kvm cannot be opened.
     #[error("cannot open /dev/kvm: {0}")]
     Kvm(kvm_ioctls::Error),
@@ -117,6 +120,9 @@ impl VmError {
                 | VmError::TooManyVcpus(..)
                 | VmError::NoHostNode(..)
                 | VmError::SerialFile(..)
+                | VmError::ConsoleSocket(
+                    ConsoleSocketError::NotASocket(_) | ConsoleSocketError::InUse(_)
+                )
                 | VmError::Memory(MemoryError::Backing(_))
         )
     }
@@ -174,6 +180,8 @@ pub struct Vm {
     serial: Arc<Mutex<SerialDevice>>,
     exit: Arc<ExitSignal>,
     serial_input: bool,
+    /// The console socket, if the console is one (listening while the VM lives).
+    _console_socket: Option<ConsoleSocket>,
     // Drop order: the VM fd (and its memslots) before the RAM they point to.
     _vm: VmFd,
     hotplug: Option<Arc<VmHotplug>>,
@@ -226,8 +234,8 @@ impl Vm {
         let movablecore = hotplug_movablecore(config, host_nodes.len() as u64);
         let pool = PoolBacking::new(&sizes, None, movablecore.as_deref())?;
         let host = Arc::new(HostMemory::new(&pool.memfd_sizes())?);
-        let out = serial_output(config)?;
-        prepared.build(config, host, Box::new(pool.clone()), Some(&pool), out)
+        let console = Console::open(&config.serial_output)?;
+        prepared.build(config, host, Box::new(pool.clone()), Some(&pool), console)
     }
 
     /// Builds the VM on shared host memory with its RAM and its virtio-mem blocks from
@@ -236,9 +244,9 @@ impl Vm {
         config: &VmConfig,
         host: Arc<HostMemory>,
         pool: &PoolBacking,
-        serial_out: SerialOut,
+        console: Console,
     ) -> Result<Self, VmError> {
-        Prepared::check(config)?.build(config, host, Box::new(pool.clone()), Some(pool), serial_out)
+        Prepared::check(config)?.build(config, host, Box::new(pool.clone()), Some(pool), console)
     }
 
     /// The virtio-balloon, for the control plane (None if the config has none).
@@ -257,9 +265,14 @@ impl Vm {
         config: &VmConfig,
         host: Arc<HostMemory>,
         allocator: Box<dyn BackingAllocator>,
-        serial_out: SerialOut,
+        console: Console,
     ) -> Result<Self, VmError> {
-        Prepared::check(config)?.build(config, host, allocator, None, serial_out)
+        Prepared::check(config)?.build(config, host, allocator, None, console)
+    }
+
+    /// Where the boot RAM lives in the host memory (extents from the VM's allocator).
+    pub fn boot_extents(&self) -> &[crate::memory::backing::BackingExtent] {
+        self.ram.extents()
     }
 
     /// The guest memory map this VM got.
@@ -346,13 +359,44 @@ fn hotplug_movablecore(config: &VmConfig, host_nodes: u64) -> Option<String> {
     Some(format!("{}", (most + (64 << 20)) * host_nodes))
 }
 
-fn serial_output(config: &VmConfig) -> Result<SerialOut, VmError> {
-    Ok(match &config.serial_output {
-        SerialOutput::Stdout => Box::new(std::io::stdout()) as Box<dyn Write + Send>,
-        SerialOutput::File(p) => {
-            Box::new(File::create(p).map_err(|e| VmError::SerialFile(p.clone(), e))?)
-        }
-    })
+/// The VM's console: what the UART writes to, and the console socket (if any) whose clients
+/// feed its input.
+pub struct Console {
+    out: SerialOut,
+    socket: Option<ConsoleSocket>,
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Console {
+    /// Opens the console `output` names: stdout, a file (created or truncated) or a listening
+    /// Unix socket.
+    pub fn open(output: &SerialOutput) -> Result<Console, VmError> {
+        Ok(match output {
+            SerialOutput::Stdout => Console::writer(Box::new(std::io::stdout())),
+            SerialOutput::File(p) => Console::writer(Box::new(
+                File::create(p).map_err(|e| VmError::SerialFile(p.clone(), e))?,
+            )),
+            SerialOutput::Socket(p) => {
+                let (socket, out) = ConsoleSocket::bind(p)?;
+                Console {
+                    out: Box::new(out),
+                    socket: Some(socket),
+                }
+            }
+        })
+    }
+
+    /// A console that only writes to `out` (no input but the VMM's stdin, if configured).
+    pub fn writer(out: SerialOut) -> Console {
+        Console { out, socket: None }
+    }
 }
 
 /// The outcome of the checks that run before anything is created.
@@ -394,8 +438,12 @@ impl Prepared {
         host: Arc<HostMemory>,
         mut allocator: Box<dyn BackingAllocator>,
         pool: Option<&PoolBacking>,
-        serial_out: SerialOut,
+        console: Console,
     ) -> Result<Vm, VmError> {
+        let Console {
+            out: serial_out,
+            socket: console_socket,
+        } = console;
         if let (Some(h), None) = (self.map.hotplug.first(), pool) {
             return Err(VmError::HotplugWithoutPool(h.guest_node));
         }
@@ -468,6 +516,9 @@ impl Prepared {
 
             let exit = Arc::new(ExitSignal::new().map_err(VmError::EventFd)?);
             let (bus, serial) = create_devices(&vm, &exit, serial_out)?;
+            if let Some(c) = &console_socket {
+                c.attach_input(serial.clone());
+            }
             let bus = Arc::new(bus);
             vcpu::install_kick_handler()?;
             let base_cpuid = self
@@ -507,6 +558,7 @@ impl Prepared {
                 serial,
                 exit,
                 serial_input: config.serial_input,
+                _console_socket: console_socket,
                 _vm: vm,
                 ram,
                 allocator,
@@ -526,6 +578,7 @@ mod tests {
     use super::*;
     use crate::config::NumaNodeConfig;
     use crate::memory::backing::LinearBacking;
+    use std::io::Write;
     use std::sync::Mutex as StdMutex;
     use vm_memory::{Bytes, GuestAddress};
 

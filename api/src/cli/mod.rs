@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 bad input (clap's own usage errors are 2 too).
 
 pub mod balloon_args;
+pub mod console;
 pub mod demo;
 pub mod image;
 pub mod pool;

@@ -1,9 +1,11 @@
 //! `memtide pool`: the service's host memory pool, per node and zone (or `--json`).
+//! `memtide pool --audit`: the pool checked against what the VMs hold; exit status 1 when
+//! the audit finds a problem.
 
 use std::process::ExitCode;
 
 use clap::Args;
-use memtide_vmm::control::PoolInfo;
+use memtide_vmm::control::{PoolAudit, PoolInfo};
 
 use super::vm::{client_of, report, ConnArgs};
 
@@ -13,6 +15,36 @@ pub struct PoolArgs {
     /// How to reach the service.
     #[command(flatten)]
     pub conn: ConnArgs,
+    /// Audit the pool against the VMs' holdings (no page with two owners, none leaked).
+    #[arg(long)]
+    pub audit: bool,
+}
+
+/// The human form of an audit.
+pub fn audit_table(a: &PoolAudit) -> String {
+    let mut out = format!(
+        "pool audit: {}
+allocated pages: {}
+owned pages:     {}
+",
+        if a.consistent {
+            "consistent"
+        } else {
+            "PROBLEMS FOUND"
+        },
+        a.allocated_pages,
+        a.owned_pages
+    );
+    for o in &a.owners {
+        out.push_str(&format!(
+            "  {:<16} {:<8} {:>10} pages\n",
+            o.vm, o.kind, o.pages
+        ));
+    }
+    for p in &a.problems {
+        out.push_str(&format!("problem: {p}\n"));
+    }
+    out
 }
 
 /// The human table of the pool.
@@ -56,5 +88,15 @@ pub fn run(args: &PoolArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if args.audit {
+        let audit = client.pool_audit();
+        let consistent = audit.as_ref().is_ok_and(|a| a.consistent);
+        let code = report("pool --audit", audit, args.conn.json, audit_table);
+        return if code == ExitCode::SUCCESS && !consistent {
+            ExitCode::from(1)
+        } else {
+            code
+        };
+    }
     report("pool", client.pool(), args.conn.json, table)
 }

@@ -47,8 +47,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "SPEC")]
     pub movablecore: Option<String>,
     /// Write the serial console to this file instead of stdout.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "serial_socket")]
     pub serial_file: Option<PathBuf>,
+    /// Serve the serial console on this Unix socket (mode 0600; one client at a time, recent
+    /// output first): attach with `memtide vm console ID` or any Unix-socket client.
+    #[arg(long, value_name = "PATH")]
+    pub serial_socket: Option<PathBuf>,
     /// Do not feed stdin to the serial console.
     #[arg(long)]
     pub no_stdin: bool,
@@ -145,7 +149,10 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, ArgsError> {
     if let Some(f) = &args.serial_file {
         c.serial_output = SerialOutput::File(f.clone());
     }
-    c.serial_input = !args.no_stdin;
+    if let Some(s) = &args.serial_socket {
+        c.serial_output = SerialOutput::Socket(s.clone());
+    }
+    c.serial_input = !args.no_stdin && args.serial_socket.is_none();
     if let Some(b) = &args.hotplug_block_size {
         c.hotplug_block_size = parse_size(b).map_err(|e| (2, e.to_string()))?;
     }

@@ -15,7 +15,7 @@ use memtide_vmm::control::{
 };
 use memtide_vmm::memory::host::HostMemory;
 use memtide_vmm::memory::pool::PoolBacking;
-use memtide_vmm::{SerialOutput, Vm, VmConfig, VmError};
+use memtide_vmm::{Console, SerialOutput, Vm, VmConfig, VmError};
 
 use crate::server;
 
@@ -38,18 +38,17 @@ impl Launcher for StdioFirstLauncher {
     ) -> Result<Box<dyn Machine>, VmError> {
         let mut config = config.clone();
         let stdio = !self.stdio_taken.swap(true, Ordering::AcqRel);
-        let out: Box<dyn std::io::Write + Send> = match (&config.serial_output, stdio) {
+        let console = match (&config.serial_output, stdio) {
+            (SerialOutput::Socket(_), _) => Console::open(&config.serial_output)?,
             (_, true) => {
                 config.serial_output = SerialOutput::Stdout;
                 config.serial_input = true;
-                Box::new(std::io::stdout())
+                Console::writer(Box::new(std::io::stdout()))
             }
-            (SerialOutput::File(p), false) => {
-                Box::new(std::fs::File::create(p).map_err(|e| VmError::SerialFile(p.clone(), e))?)
-            }
-            (SerialOutput::Stdout, false) => Box::new(std::io::sink()),
+            (SerialOutput::Stdout, false) => Console::writer(Box::new(std::io::sink())),
+            (output, false) => Console::open(output)?,
         };
-        let built = Vm::with_pool(&config, host.clone(), pool, out);
+        let built = Vm::with_pool(&config, host.clone(), pool, console);
         if built.is_err() && stdio {
             self.stdio_taken.store(false, Ordering::Release);
         }

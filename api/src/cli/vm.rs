@@ -7,6 +7,7 @@
 //! memtide vm resize ID SIZE [--node N] [--wait SECS]
 //! memtide vm rebalance FROM TO SIZE [--from-node N] [--to-node N] [--wait SECS]
 //! memtide vm balloon ID [--guest-size SIZE | --balloon-size SIZE]
+//! memtide vm console ID
 //! ```
 //!
 //! Human tables by default, the API's JSON with `--json`. Exit status: 0 success, 2 when
@@ -141,6 +142,12 @@ pub enum VmCommand {
         /// VM id.
         id: String,
     },
+    /// Attach stdin/stdout to a VM's console socket (created with --serial-socket) until the
+    /// VM stops or stdin ends. Recent output comes first.
+    Console {
+        /// VM id.
+        id: String,
+    },
 }
 
 /// The client for `conn`; on failure the exit code.
@@ -234,6 +241,12 @@ pub fn info_table(v: &VmInfo) -> String {
     if let Some(c) = &v.console {
         out.push_str(&format!("console:     {c}\n"));
     }
+    if let Some(c) = &v.console_socket {
+        out.push_str(&format!(
+            "console:     socket {c} (memtide vm console {})\n",
+            v.id
+        ));
+    }
     if let Some(b) = &v.balloon {
         out.push_str(&balloon_table(b));
     }
@@ -308,6 +321,14 @@ fn absolute(p: &Path) -> String {
         .to_string()
 }
 
+/// `p` made absolute against the working directory (it need not exist yet).
+fn absolute_path(p: &Path) -> String {
+    std::path::absolute(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
 /// `memtide vm create` arguments → the API body (parsed and defaulted as `memtide run`).
 pub fn create_body(args: &CreateArgs) -> Result<CreateVmBody, ArgsError> {
     let c = config_from_args(&args.run)?;
@@ -332,13 +353,12 @@ pub fn create_body(args: &CreateArgs) -> Result<CreateVmBody, ArgsError> {
         kernelcore: c.guest_kernelcore.clone(),
         movablecore: c.guest_movablecore.clone(),
         console: match &c.serial_output {
-            SerialOutput::File(p) => Some(
-                std::path::absolute(p)
-                    .unwrap_or_else(|_| p.clone())
-                    .display()
-                    .to_string(),
-            ),
-            SerialOutput::Stdout => None,
+            SerialOutput::File(p) => Some(absolute_path(p)),
+            _ => None,
+        },
+        console_socket: match &c.serial_output {
+            SerialOutput::Socket(p) => Some(absolute_path(p)),
+            _ => None,
         },
         balloon: (!args.run.balloon.is_default())
             .then(|| crate::model::BalloonConfigBody::from_config(c.balloon)),
@@ -420,6 +440,15 @@ pub fn run(args: &VmArgs) -> ExitCode {
             json,
             info_table,
         ),
+        VmCommand::Console { id } => match client.vm(id) {
+            Ok(v) => match &v.console_socket {
+                Some(p) => super::console::attach(Path::new(p)),
+                None => bad(format!(
+                    "VM {id} has no console socket (create it with --serial-socket PATH)"
+                )),
+            },
+            Err(e) => exit_for("vm console", &e),
+        },
         VmCommand::Delete { id } => match client.delete_vm(id) {
             Ok(()) => {
                 if json {

@@ -85,6 +85,8 @@ pub struct VmInfo {
     pub movablecore: Option<String>,
     /// Where the serial console goes (a file), if not the service's stdout.
     pub console: Option<String>,
+    /// The Unix socket the serial console listens on (`memtide vm console` attaches to it).
+    pub console_socket: Option<String>,
     /// Seconds since the VM was created.
     pub uptime_secs: u64,
     /// The guest NUMA nodes.

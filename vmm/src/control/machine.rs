@@ -6,13 +6,12 @@
 
 use std::sync::Arc;
 
-use crate::config::{SerialOutput, VmConfig};
-use crate::devices::serial::SerialOut;
+use crate::config::VmConfig;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::layout::GuestMemoryMap;
 use crate::memory::host::HostMemory;
 use crate::memory::pool::PoolBacking;
-use crate::vm::{Vm, VmError};
+use crate::vm::{Console, Vm, VmError};
 
 /// The hot-pluggable memory of one guest node as its virtio-mem device sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +47,10 @@ pub trait HotplugMemory: Send + Sync {
     fn kick_busy(&self) -> usize {
         0
     }
+    /// The pool blocks behind every plugged block, `(pfn, order)` (for the pool audit).
+    fn pool_blocks(&self) -> Vec<(u64, u32)> {
+        Vec::new()
+    }
 }
 
 /// A built VM, ready to run on a thread of its own.
@@ -61,6 +64,11 @@ pub trait Machine: Send {
     /// The virtio-balloon, if the VM has one.
     fn balloon(&self) -> Option<Arc<dyn crate::balloon::BalloonControl>> {
         None
+    }
+    /// The boot RAM's extents in the host memory (for the pool audit; fixed for the VM's
+    /// life).
+    fn boot_extents(&self) -> Vec<crate::memory::backing::BackingExtent> {
+        Vec::new()
     }
     /// Runs until the VM ends; boot RAM goes back to the pool when this returns.
     fn run(self: Box<Self>) -> Result<ExitReason, VmError>;
@@ -99,6 +107,10 @@ impl Machine for Vm {
         Vm::balloon(self)
     }
 
+    fn boot_extents(&self) -> Vec<crate::memory::backing::BackingExtent> {
+        Vm::boot_extents(self).to_vec()
+    }
+
     fn run(self: Box<Self>) -> Result<ExitReason, VmError> {
         Vm::run(*self, false)
     }
@@ -111,13 +123,8 @@ impl Launcher for KvmLauncher {
         pool: &PoolBacking,
         host: &Arc<HostMemory>,
     ) -> Result<Box<dyn Machine>, VmError> {
-        let out: SerialOut = match &config.serial_output {
-            SerialOutput::Stdout => Box::new(std::io::stdout()),
-            SerialOutput::File(p) => {
-                Box::new(std::fs::File::create(p).map_err(|e| VmError::SerialFile(p.clone(), e))?)
-            }
-        };
-        let vm = Vm::with_pool(config, host.clone(), pool, out)?;
+        let console = Console::open(&config.serial_output)?;
+        let vm = Vm::with_pool(config, host.clone(), pool, console)?;
         Ok(Box::new(vm))
     }
 }

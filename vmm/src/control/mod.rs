@@ -11,6 +11,7 @@
 //! Life cycle: create (build + boot) → running ⇄ paused → stopped (shutdown, or the guest
 //! powered off / reset) → delete. A stopped VM's boot RAM is back in the pool.
 
+pub mod audit;
 #[cfg(test)]
 mod balloon_tests;
 pub mod error;
@@ -34,6 +35,7 @@ use memtide_allocator::PAGE_SIZE;
 
 pub use crate::balloon::BalloonTarget;
 use crate::devices::virtio::balloon::TargetError;
+pub use audit::PoolAudit;
 pub use error::{ControlError, ErrorKind};
 pub use info::{BalloonReport, NodeInfo, PoolInfo, VirtioMemReport, VmInfo, VmState};
 pub use machine::{HotplugMemory, HotplugNode, KvmLauncher, Launcher, Machine};
@@ -85,6 +87,8 @@ struct VmSlot {
     exit: Arc<ExitSignal>,
     hotplug: Option<Arc<dyn HotplugMemory>>,
     balloon: Option<Arc<dyn crate::balloon::BalloonControl>>,
+    /// Where its boot RAM is (for the pool audit).
+    boot_extents: Vec<crate::memory::backing::BackingExtent>,
     /// The exit reason once the VM thread returned.
     outcome: Arc<(Mutex<Option<String>>, Condvar)>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -226,6 +230,10 @@ impl VmSlot {
             kernelcore: self.config.guest_kernelcore.clone(),
             movablecore: self.config.guest_movablecore.clone(),
             console: self.console.as_ref().map(path),
+            console_socket: match &self.config.serial_output {
+                SerialOutput::Socket(p) => Some(path(p)),
+                _ => None,
+            },
             uptime_secs: self.created.elapsed().as_secs(),
             nodes,
             balloon: self.balloon_report(),
@@ -349,6 +357,7 @@ impl ControlPlane {
             Request::SetBalloon(r) => Response::Balloon(Box::new(self.set_balloon(&r)?)),
             Request::BalloonInfo(r) => Response::Balloon(Box::new(self.balloon_info(&r.id)?)),
             Request::PoolInfo => Response::Pool(Box::new(self.pool_info())),
+            Request::PoolAudit => Response::PoolAudit(Box::new(self.audit_pool())),
         })
     }
 
@@ -391,13 +400,14 @@ impl ControlPlane {
         let mut config = req.config;
         config.validate()?;
         config.serial_input = false;
-        let console = match (req.console, &self.console_dir) {
-            (Some(p), _) => Some(p),
-            (None, Some(dir)) => Some(dir.join(format!("{id}.console"))),
-            (None, None) => match &config.serial_output {
-                SerialOutput::File(p) => Some(p.clone()),
-                SerialOutput::Stdout => None,
-            },
+        // A console socket in the config stays; otherwise the console is a file: the one the
+        // request names, else one in the console dir, else the config's.
+        let console = match (&config.serial_output, req.console, &self.console_dir) {
+            (SerialOutput::Socket(_), _, _) => None,
+            (_, Some(p), _) => Some(p),
+            (_, None, Some(dir)) => Some(dir.join(format!("{id}.console"))),
+            (SerialOutput::File(p), None, None) => Some(p.clone()),
+            (SerialOutput::Stdout, None, None) => None,
         };
         if let Some(p) = &console {
             config.serial_output = SerialOutput::File(p.clone());
@@ -407,6 +417,7 @@ impl ControlPlane {
         let map = machine.memory_map();
         let hotplug = machine.hotplug();
         let balloon = machine.balloon();
+        let boot_extents = machine.boot_extents();
         let outcome = Arc::new((Mutex::new(None), Condvar::new()));
         let done = outcome.clone();
         let thread = std::thread::Builder::new()
@@ -425,6 +436,7 @@ impl ControlPlane {
             exit,
             hotplug,
             balloon,
+            boot_extents,
             outcome,
             thread: Mutex::new(Some(thread)),
             op: Mutex::new(()),
@@ -508,6 +520,53 @@ impl ControlPlane {
     /// The pool's counters.
     pub fn pool_info(&self) -> PoolInfo {
         PoolInfo::from_pool(self.pool.pool())
+    }
+
+    /// Audits the pool against what the VMs hold ([`audit`]): no page with two owners, no
+    /// page leaked, the buddy allocator's invariants. Holds the create lock (a VM being
+    /// built holds pages it is not registered for yet); repeats while plugs or unplugs move
+    /// blocks between its snapshots.
+    pub fn audit_pool(&self) -> PoolAudit {
+        let _no_create = lock(&self.create);
+        let mut last = None;
+        for _ in 0..10 {
+            let before = self.holdings();
+            let free = self.pool.pool().free_pages_total();
+            let after = self.holdings();
+            let report = audit::audit(self.pool.pool(), &after, free);
+            if before == after && report.consistent {
+                return report;
+            }
+            last = Some(report);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        last.unwrap_or_else(|| audit::audit(self.pool.pool(), &self.holdings(), 0))
+    }
+
+    /// What every VM that has not stopped holds of the pool, as pfn ranges.
+    fn holdings(&self) -> Vec<audit::Holding> {
+        let slots: Vec<Arc<VmSlot>> = lock(&self.vms).values().cloned().collect();
+        let mut out = Vec::new();
+        for s in slots.iter().filter(|s| s.state() != VmState::Stopped) {
+            let boot = s
+                .boot_extents
+                .iter()
+                .filter_map(|e| {
+                    let (start, _) = self.pool.node_pfn_range(e.host_node)?;
+                    Some((start + e.offset / PAGE_SIZE, e.len / PAGE_SIZE))
+                })
+                .collect();
+            out.push((s.id.clone(), "boot", boot));
+            if let Some(h) = &s.hotplug {
+                let plugged = h
+                    .pool_blocks()
+                    .into_iter()
+                    .map(|(pfn, order)| (pfn, 1u64 << order))
+                    .collect();
+                out.push((s.id.clone(), "plugged", plugged));
+            }
+        }
+        out
     }
 
     /// Bytes `host_node`'s ZONE_MOVABLE can give before it falls below its low watermark.

@@ -12,7 +12,8 @@ use crate::config::VmConfig;
 pub struct CreateVm {
     /// The id (`None`: the first free `vmN`).
     pub id: Option<String>,
-    /// The VM; serial input is ignored (a service has no terminal), serial output goes to
+    /// The VM; stdin input is ignored (a service has no terminal). A console socket
+    /// ([`crate::config::SerialOutput::Socket`]) is kept; otherwise serial output goes to
     /// `console` if given, else the control plane's console dir, else the service's stdout.
     pub config: VmConfig,
     /// Console file.
@@ -118,6 +119,8 @@ pub enum Request {
     BalloonInfo(VmRef),
     /// The host pool.
     PoolInfo,
+    /// Audit the pool against the VMs' holdings.
+    PoolAudit,
 }
 
 /// What a verb returns.
@@ -135,6 +138,8 @@ pub enum Response {
     Rebalance(Box<RebalanceResult>),
     /// The pool.
     Pool(Box<PoolInfo>),
+    /// A pool audit.
+    PoolAudit(Box<super::audit::PoolAudit>),
     /// A balloon.
     Balloon(Box<super::info::BalloonReport>),
 }

@@ -171,6 +171,14 @@ impl HotplugMemory for FakeHotplug {
         self.settle(n);
         Ok(())
     }
+
+    fn pool_blocks(&self) -> Vec<(u64, u32)> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes
+            .values()
+            .flat_map(|n| n.blocks.iter().map(|p| (p.0, 9)))
+            .collect()
+    }
 }
 
 impl Machine for FakeMachine {
@@ -190,6 +198,10 @@ impl Machine for FakeMachine {
         self.balloon
             .clone()
             .map(|b| b as Arc<dyn crate::balloon::BalloonControl>)
+    }
+
+    fn boot_extents(&self) -> Vec<BackingExtent> {
+        self.extents.clone()
     }
 
     fn run(mut self: Box<Self>) -> Result<ExitReason, VmError> {

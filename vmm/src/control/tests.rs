@@ -200,6 +200,10 @@ fn resize_and_rebalance_move_pool_blocks() {
     assert_eq!(m.from.nodes[0].plugged, 50 * M);
     assert_eq!(m.to.nodes[0].plugged, 150 * M);
     assert_eq!(used_pages(p.pool()) - used0, (128 + 200) * M / 4096);
+    let audit = p.audit_pool();
+    assert!(audit.consistent, "{:?}", audit.problems);
+    assert_eq!(audit.owned_pages, (128 + 200) * M / 4096);
+    assert_eq!(audit.owners.len(), 4, "boot and plugged of a and b");
     // More than a has: refused before anything changes.
     let e = p.rebalance(&reb(52 * M, 0)).expect_err("a has 50 MiB");
     assert_eq!(e.kind(), ErrorKind::BeyondLimits, "{e}");
@@ -224,6 +228,8 @@ fn resize_and_rebalance_move_pool_blocks() {
     p.shutdown("b").expect("stop b");
     assert_eq!(used_pages(p.pool()), used0, "plugged blocks are back");
     p.pool().pool().validate().expect("pool consistent");
+    let audit = p.audit_pool();
+    assert!(audit.consistent && audit.owned_pages == 0, "{audit:?}");
 }
 
 #[test]

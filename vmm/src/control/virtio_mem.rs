@@ -67,6 +67,19 @@ where
         Some(sum)
     }
 
+    fn pool_blocks(&self) -> Vec<(u64, u32)> {
+        self.devices
+            .iter()
+            .flat_map(|(_, t)| {
+                t.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .device()
+                    .backend()
+                    .pool_blocks()
+            })
+            .collect()
+    }
+
     fn kick_busy(&self) -> usize {
         let mut kicked = 0;
         for (_, t) in &self.devices {

@@ -1,5 +1,6 @@
 //! Emulated devices and the port-I/O bus the vCPUs dispatch to.
 
+pub mod console_socket;
 pub mod serial;
 pub mod shutdown;
 pub mod virtio;

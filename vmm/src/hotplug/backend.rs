@@ -284,6 +284,10 @@ impl PoolMemoryBackend {
 }
 
 impl MemoryBackend for PoolMemoryBackend {
+    fn pool_blocks(&self) -> Vec<(u64, u32)> {
+        PoolMemoryBackend::pool_blocks(self)
+    }
+
     fn plug(&mut self, addr: GuestAddress, size: u64) -> Result<(), BackendError> {
         let offsets = self.block_offsets(addr, size)?;
         if offsets.iter().any(|o| self.plugged.contains_key(o)) {

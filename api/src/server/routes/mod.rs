@@ -23,6 +23,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/openapi.json"),
     ("GET", "/metrics"),
     ("GET", "/v1/pool"),
+    ("GET", "/v1/pool/audit"),
     ("GET", "/v1/vms"),
     ("POST", "/v1/vms"),
     ("GET", "/v1/vms/{id}"),
@@ -44,6 +45,7 @@ pub fn routes() -> axum::Router<AppState> {
         .route("/openapi.json", get(openapi::get))
         .route("/metrics", get(metrics::get))
         .route("/v1/pool", get(pool::get))
+        .route("/v1/pool/audit", get(pool::audit))
         .route("/v1/vms", get(vms::list).post(vms::create))
         .route("/v1/vms/{id}", get(vms::info).delete(vms::delete))
         .route("/v1/vms/{id}/pause", put(vms::pause))

@@ -107,6 +107,11 @@ pub trait MemoryBackend: Send {
     fn plug(&mut self, addr: GuestAddress, size: u64) -> Result<(), BackendError>;
     /// Releases the host memory behind `addr..addr+size` and makes the range inaccessible.
     fn unplug(&mut self, addr: GuestAddress, size: u64) -> Result<(), BackendError>;
+    /// The pool blocks behind the plugged memory, `(pfn, order)`, for the pool audit (a
+    /// backend that does not take memory from the pool holds none).
+    fn pool_blocks(&self) -> Vec<(u64, u32)> {
+        Vec::new()
+    }
 }
 
 impl<T: MemoryBackend + ?Sized> MemoryBackend for Box<T> {
@@ -115,6 +120,9 @@ impl<T: MemoryBackend + ?Sized> MemoryBackend for Box<T> {
     }
     fn unplug(&mut self, addr: GuestAddress, size: u64) -> Result<(), BackendError> {
         (**self).unplug(addr, size)
+    }
+    fn pool_blocks(&self) -> Vec<(u64, u32)> {
+        (**self).pool_blocks()
     }
 }
 
