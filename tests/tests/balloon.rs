@@ -11,66 +11,13 @@
 #[allow(dead_code)]
 mod common;
 
+use common::balloon::{memtide_shmem, num, BalloonCli, MIB};
 use common::{memtide_binary, run_argv};
 use memtide_testbed::{say, GuestImage, HostConfig, KvmHost, Result, Timeline};
 use std::time::{Duration, Instant};
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(150);
 const SOCK: &str = "/tmp/run.sock";
-const MIB: u64 = 1 << 20;
-
-/// The first integer after `"key":` in `text` (None for `null` or a missing key).
-fn num(text: &str, key: &str) -> Option<u64> {
-    text.split(&format!("\"{key}\":"))
-        .nth(1)?
-        .trim_start()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// `memtide vm balloon run [args] --json`.
-fn balloon(host: &KvmHost, memtide: &str, args: &str) -> Result<String> {
-    Ok(host
-        .check(
-            &format!("{memtide} vm balloon run {args} --json --api-sock {SOCK}"),
-            Duration::from_secs(30),
-        )?
-        .text())
-}
-
-/// memtide's resident shared memory (RssShmem: the memfd pages behind guest RAM), bytes.
-fn memtide_shmem(host: &KvmHost) -> Result<u64> {
-    let out = host.check(
-        "p=$(grep -l '^memtide$' /proc/[0-9]*/comm | head -n 1); \
-         awk '/^RssShmem:/ {print $2}' \"${p%/comm}/status\"",
-        Duration::from_secs(30),
-    )?;
-    let kib: u64 = out
-        .lines
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .ok_or_else(|| memtide_testbed::Error::Config(format!("no RssShmem: {:?}", out.lines)))?;
-    Ok(kib * 1024)
-}
-
-/// Polls until `ok` holds for the balloon's JSON (or `timeout`); returns the last JSON.
-fn balloon_until(
-    host: &KvmHost,
-    memtide: &str,
-    timeout: Duration,
-    ok: impl Fn(&str) -> bool,
-) -> Result<String> {
-    let start = Instant::now();
-    loop {
-        let b = balloon(host, memtide, "")?;
-        if ok(&b) || start.elapsed() > timeout {
-            return Ok(b);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
 
 /// Polls the agent until MemTotal is `want_kib`; returns the last MemTotal.
 fn mem_total_when(
@@ -101,6 +48,7 @@ fn balloon_inflates_gives_memory_back_and_deflates() {
     let (_sel, host) = KvmHost::start(&cfg).expect("a KVM host");
     t.mark("host up");
     let memtide = host.binary("memtide").expect("memtide in the host");
+    let cli = BalloonCli::new(&memtide, SOCK);
     let argv = run_argv(
         &host,
         &memtide,
@@ -122,16 +70,18 @@ fn balloon_inflates_gives_memory_back_and_deflates() {
     );
 
     // Statistics arrive (every 2 s) and follow an allocation of the agent.
-    let b = balloon_until(&host, &memtide, Duration::from_secs(30), |b| {
-        num(b, "free-memory").is_some()
-    })
-    .expect("balloon");
+    let b = cli
+        .until(&host, Duration::from_secs(30), |b| {
+            num(b, "free-memory").is_some()
+        })
+        .expect("balloon");
     let free0 = num(&b, "free-memory").expect("stats arrived");
     assert_eq!(guest.fill(128).expect("fill"), 128);
-    let b = balloon_until(&host, &memtide, Duration::from_secs(30), |b| {
-        num(b, "free-memory").is_some_and(|f| f + 96 * MIB < free0)
-    })
-    .expect("balloon");
+    let b = cli
+        .until(&host, Duration::from_secs(30), |b| {
+            num(b, "free-memory").is_some_and(|f| f + 96 * MIB < free0)
+        })
+        .expect("balloon");
     let free1 = num(&b, "free-memory").unwrap_or(free0);
     say(&format!(
         "stats: free-memory {} MiB -> {} MiB after a 128 MiB fill",
@@ -153,11 +103,12 @@ fn balloon_inflates_gives_memory_back_and_deflates() {
     ));
 
     let start = Instant::now();
-    balloon(&host, &memtide, "--balloon-size 256M").expect("inflate");
-    let b = balloon_until(&host, &memtide, Duration::from_secs(60), |b| {
-        num(b, "actual_bytes") == Some(256 * MIB)
-    })
-    .expect("balloon");
+    cli.run(&host, "--balloon-size 256M").expect("inflate");
+    let b = cli
+        .until(&host, Duration::from_secs(60), |b| {
+            num(b, "actual_bytes") == Some(256 * MIB)
+        })
+        .expect("balloon");
     say(&format!(
         "inflated 256 MiB in {:.2} s",
         start.elapsed().as_secs_f64()
@@ -181,11 +132,12 @@ fn balloon_inflates_gives_memory_back_and_deflates() {
     );
 
     // The guest size form deflates back to all of its RAM.
-    balloon(&host, &memtide, "--guest-size 768M").expect("deflate");
-    let b = balloon_until(&host, &memtide, Duration::from_secs(60), |b| {
-        num(b, "actual_bytes") == Some(0)
-    })
-    .expect("balloon");
+    cli.run(&host, "--guest-size 768M").expect("deflate");
+    let b = cli
+        .until(&host, Duration::from_secs(60), |b| {
+            num(b, "actual_bytes") == Some(0)
+        })
+        .expect("balloon");
     assert_eq!(num(&b, "ballooned_bytes"), Some(0), "{b}");
     let m2 = mem_total_when(&mut guest, m0, Duration::from_secs(30)).expect("report");
     assert_eq!(m2, m0, "MemTotal restored");

@@ -1,5 +1,7 @@
 //! Helpers shared by the tests that run memtide's own VMM in the KVM host.
 
+pub mod balloon;
+
 use memtide_testbed::cache::workspace_root;
 use memtide_testbed::tools::run;
 use memtide_testbed::KvmHost;
