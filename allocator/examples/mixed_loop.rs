@@ -67,9 +67,17 @@ fn steady_bsa(f: &mut FrameAllocator<33>, rng: &mut Rng, live: &mut [(usize, u32
     }
 }
 
-/// CPU time of this process so far (user + system, from `/proc/self/stat`, in clock ticks
-/// of 10 ms), so that time spent descheduled on a busy machine is not counted.
+/// CPU time of this (single-threaded) process so far, so that time spent descheduled on a
+/// busy machine is not counted: the scheduler's run time of the thread from
+/// `/proc/self/schedstat` (nanoseconds), or, where that file is missing, user + system
+/// time from `/proc/self/stat` (clock ticks of 10 ms).
 fn cpu_seconds() -> Option<f64> {
+    if let Some(ns) = std::fs::read_to_string("/proc/self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+    {
+        return Some(ns as f64 / 1e9);
+    }
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();

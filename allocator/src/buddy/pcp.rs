@@ -126,10 +126,17 @@ pub(crate) fn ext_pindex(mt: MigrateType, order: u32) -> usize {
 }
 
 /// Blocks an empty extension list of `order` is refilled with, and flushed by:
-/// `batch >> (order - 3)`, at least 2 (≈ `8 * batch` pages).
+/// `batch >> (order - 3)`, at least 2 (≈ `8 * batch` pages). (Defined, and unused, for
+/// the kernel's orders too, so that callers can compute it without a branch.)
 #[inline]
 pub(crate) fn ext_batch(batch: u64, order: u32) -> u64 {
-    (batch.max(1) >> (order - PAGE_ALLOC_COSTLY_ORDER)).max(2)
+    (batch.max(1) >> order.saturating_sub(PAGE_ALLOC_COSTLY_ORDER)).max(2)
+}
+
+/// All ones if list `l` is an extension list, else 0 (for branch-free bookkeeping).
+#[inline(always)]
+pub(crate) fn ext_mask(l: usize) -> u64 {
+    u64::from(l >= NR_PCP_LISTS).wrapping_neg()
 }
 
 /// Pages a slot may keep on its extension lists: `4 * high`.

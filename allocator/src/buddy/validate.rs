@@ -128,7 +128,7 @@ fn validate_zone(z: &Zone) -> Result<(), String> {
             cached.len()
         ));
     }
-    let heads = z.alloc_heads.count_ones();
+    let heads = z.tags.alloc_count_ones();
     if heads != alloc_blocks {
         return Err(format!(
             "{heads} allocated-head bits but {alloc_blocks} allocated blocks found"

@@ -8,19 +8,20 @@
 //! * a two-bit tag per page (`AtomicTags`): for the head of a free block, its free list;
 //!   for the head of an allocated block, its order (`0` = order 0, else
 //!   `tag[h] = 1 + (order-1)/4`, `tag[h+1] = (order-1)%4`, using the block's second page);
-//! * one "allocated head" bit per page (`AtomicBitmap`): set while the block starting
-//!   there is handed out to a caller (not while it sits on a per-CPU list).
+//! * one "allocated head" bit per page (also kept by `AtomicTags`, in its own array): set
+//!   while the block starting there is handed out to a caller (not while it sits on a
+//!   per-CPU list).
 
-use super::bitmap::{AtomicBitmap, AtomicTags};
+use super::bitmap::AtomicTags;
 use super::free_area::FreeIndex;
 use super::pageblock::{
     can_steal_fallback, fallbacks, list_index, list_migratetype, migratetype_is_mergeable,
     Pageblocks,
 };
 use super::pcp::{
-    ext_batch, ext_high, ext_pindex, order_to_pindex, pcp_entry, pcp_entry_mt, pcp_entry_pfn,
-    pcp_ext_order, pcp_pindex_of, pindex_to_order, PerCpuPages, NR_ALL_LISTS, NR_PCP_LISTS,
-    PAGE_ALLOC_COSTLY_ORDER,
+    ext_batch, ext_high, ext_mask, ext_pindex, order_to_pindex, pcp_entry, pcp_entry_mt,
+    pcp_entry_pfn, pcp_ext_order, pcp_pindex_of, pindex_to_order, PerCpuPages, NR_ALL_LISTS,
+    NR_PCP_LISTS, PAGE_ALLOC_COSTLY_ORDER,
 };
 use super::spinlock::SpinLock;
 use super::watermark::{Wmark, MAX_NR_ZONES};
@@ -66,7 +67,6 @@ pub struct Zone {
     /// Pages the metadata covers (a multiple of `MAX_ORDER_NR_PAGES`).
     pub(crate) nr_pages: u64,
     pub(crate) state: SpinLock<ZoneState>,
-    pub(crate) alloc_heads: AtomicBitmap,
     pub(crate) tags: AtomicTags,
     pub(crate) pageblocks: Pageblocks,
     /// `NR_FREE_PAGES`, published after every locked section for lock-free watermark checks.
@@ -126,7 +126,6 @@ impl Zone {
                 free: FreeIndex::new(base, nr_pages),
                 present_ranges: ranges.clone(),
             }),
-            alloc_heads: AtomicBitmap::new(nr_pages),
             tags: AtomicTags::new(nr_pages),
             pageblocks: Pageblocks::new(nr_pages >> PAGEBLOCK_ORDER),
             nr_free_pages: AtomicU64::new(0),
@@ -273,22 +272,20 @@ impl Zone {
     #[inline(always)]
     pub(crate) fn allocated_order(&self, pfn: u64) -> Option<u32> {
         let idx = pfn - self.base;
-        if !self.alloc_heads.test(idx) {
+        if !self.tags.alloc_test(idx) {
             return None;
         }
         let pair = u32::from(self.tags.get_pair(idx));
         let t = pair & 3;
-        Some(if t == 0 {
-            0
-        } else {
-            (((t - 1) << 2) | (pair >> 2)) + 1
-        })
+        // Branch-free decode (order 0 or not follows the caller's order).
+        let code = ((t.wrapping_sub(1) << 2) | (pair >> 2)).wrapping_add(1);
+        Some(code & u32::from(t != 0).wrapping_neg())
     }
 
     /// Whether the block at `pfn` is handed out to a caller.
     #[inline]
     pub(crate) fn is_allocated_head(&self, pfn: u64) -> bool {
-        self.alloc_heads.test(pfn - self.base)
+        self.tags.alloc_test(pfn - self.base)
     }
 
     // ----- buddy core (zone lock held) -------------------------------------------------
@@ -534,7 +531,7 @@ impl Zone {
         let pfn = self.rmqueue_locked(&mut st, order, mt, flags);
         if let Some(p) = pfn {
             self.set_alloc_order(p, order);
-            self.alloc_heads.test_and_set(p - self.base);
+            self.tags.alloc_test_and_set(p - self.base);
         }
         self.publish(&st);
         pfn
@@ -571,7 +568,7 @@ impl Zone {
             pcp.ext_count -= 1 << order;
         }
         let pfn = pcp_entry_pfn(entry, order);
-        self.alloc_heads.test_and_set(pfn - self.base);
+        self.tags.alloc_test_and_set(pfn - self.base);
         Some(pfn)
     }
 
@@ -611,12 +608,12 @@ impl Zone {
         }
         let entry = pcp.lists[l].pop_front()?;
         pcp.free_factor >>= 1;
-        pcp.count -= 1 << order;
-        if l >= NR_PCP_LISTS {
-            pcp.ext_count -= 1 << order;
-        }
+        let pages = 1u64 << order;
+        pcp.count -= pages;
+        // Branch-free: whether the list is an extension list follows the (random) order.
+        pcp.ext_count -= pages & ext_mask(l);
         let pfn = pcp_entry_pfn(entry, order);
-        self.alloc_heads.test_and_set(pfn - self.base);
+        self.tags.alloc_test_and_set(pfn - self.base);
         Some(pfn)
     }
 
@@ -678,7 +675,7 @@ impl Zone {
     /// concurrent free of the same block won.
     pub(crate) fn free_one_page(&self, pfn: u64, order: u32) -> bool {
         let mut st = self.state.lock();
-        if !self.alloc_heads.test_and_clear(pfn - self.base) {
+        if !self.tags.alloc_test_and_clear(pfn - self.base) {
             return false;
         }
         let mt = self.pageblock_mt(pfn);
@@ -726,7 +723,11 @@ impl Zone {
     }
 
     /// `free_unref_page_commit()`: puts the block on this slot's list `l` (the list of
-    /// `order` and free-list index `mti`) and flushes by the list's rule.
+    /// `order` and free-list index `mti`) and flushes by the list's rule: a kernel list
+    /// when the kernel's pages reach `high` (`nr_pcp_high()`, `free_high`), an extension
+    /// list when it holds more than `2 * ext_batch` blocks or the slot more than `ext_high`
+    /// extension pages. The bookkeeping is branch-free and both rules end in one rarely
+    /// taken branch: which list a free hits follows the caller's (often random) order.
     #[inline(always)]
     fn free_unref_page_commit(
         &self,
@@ -737,30 +738,49 @@ impl Zone {
         mti: usize,
     ) -> bool {
         let mut pcp = self.pcp[slot].0.lock();
-        if !self.alloc_heads.test_and_clear(pfn - self.base) {
+        if !self.tags.alloc_test_and_clear(pfn - self.base) {
             return false;
         }
-        if l >= NR_PCP_LISTS {
-            pcp.lists[l].push_front(pfn);
-            pcp.count += 1 << order;
-            pcp.ext_count += 1 << order;
-            let batch = ext_batch(pcp.batch, order);
-            if pcp.lists[l].len() as u64 > 2 * batch || pcp.ext_count > ext_high(pcp.high) {
-                self.free_ext_pages(&mut pcp, l, batch);
-            }
-            return true;
-        }
+        let pages = 1u64 << order;
+        let ext = ext_mask(l);
         pcp.lists[l].push_front(pcp_entry(pfn, order, list_migratetype(mti)));
-        pcp.count += 1 << order;
-        let free_high = pcp.free_factor > 0 && order > 0 && order <= PAGE_ALLOC_COSTLY_ORDER;
+        pcp.count += pages;
+        pcp.ext_count += pages & ext;
+        let ext = ext != 0;
+        let ext_flush = ext
+            & ((pcp.lists[l].len() as u64 > 2 * ext_batch(pcp.batch, order))
+                | (pcp.ext_count > ext_high(pcp.high)));
+        let free_high =
+            !ext & (pcp.free_factor > 0) & (order > 0) & (order <= PAGE_ALLOC_COSTLY_ORDER);
         // nr_pcp_high()
         let high = if free_high { 0 } else { pcp.high };
-        if pcp.kernel_count() >= high {
-            let batch = pcp.batch;
-            let n = pcp.nr_pcp_free(high, batch, free_high);
-            self.free_pcppages_bulk(&mut pcp, n, l);
+        let kernel_flush = !ext & (pcp.kernel_count() >= high);
+        if ext_flush | kernel_flush {
+            self.flush_after_free(&mut pcp, l, order, free_high, high);
         }
         true
+    }
+
+    /// The flush of [`Self::free_unref_page_commit`]: `free_pcppages_bulk(nr_pcp_free())`
+    /// for a kernel list, [`Self::free_ext_pages`] for an extension list.
+    #[cold]
+    #[inline(never)]
+    fn flush_after_free(
+        &self,
+        pcp: &mut PerCpuPages,
+        l: usize,
+        order: u32,
+        free_high: bool,
+        high: u64,
+    ) {
+        if l >= NR_PCP_LISTS {
+            let batch = ext_batch(pcp.batch, order);
+            self.free_ext_pages(pcp, l, batch);
+        } else {
+            let batch = pcp.batch;
+            let n = pcp.nr_pcp_free(high, batch, free_high);
+            self.free_pcppages_bulk(pcp, n, l);
+        }
     }
 
     /// Returns the oldest `blocks` blocks of extension list `l` to the buddy lists, then,
@@ -886,10 +906,7 @@ impl Zone {
 
     /// Bytes of metadata the zone allocated.
     pub(crate) fn metadata_bytes(&self) -> usize {
-        self.state.lock().free.bytes()
-            + self.alloc_heads.bytes()
-            + self.tags.bytes()
-            + self.pageblocks.bytes()
+        self.state.lock().free.bytes() + self.tags.bytes() + self.pageblocks.bytes()
     }
 }
 
