@@ -166,11 +166,12 @@ pub(crate) fn pindex_to_order(pindex: usize) -> u32 {
     }
 }
 
-/// A list entry for a block.
+/// A list entry for a block that is freed back as free-list index `mti`
+/// ([`list_index`] of its migratetype).
 #[inline]
-pub(crate) fn pcp_entry(pfn: u64, order: u32, mt: MigrateType) -> u64 {
+pub(crate) fn pcp_entry(pfn: u64, order: u32, mti: usize) -> u64 {
     if order == PAGEBLOCK_ORDER {
-        pfn | list_index(mt) as u64
+        pfn | mti as u64
     } else {
         pfn
     }
@@ -308,12 +309,26 @@ pub(crate) struct PerCpuPages {
     pub(crate) batch: u64,
     /// `free_factor`: grows while frees keep flushing, halves on each allocation.
     pub(crate) free_factor: u32,
+    /// Per order: the most blocks an extension list of that order keeps
+    /// (`2 * ext_batch(batch, order)`; set with `high` and `batch`).
+    pub(crate) ext_cap: [u64; PAGEBLOCK_ORDER as usize + 1],
+    /// The most pages the extension lists keep together ([`ext_high`] of `high`).
+    pub(crate) ext_limit: u64,
     /// Lists by `order_to_pindex()`, then the extension lists by [`ext_pindex`]; the front
     /// is the list head.
     pub(crate) lists: [PcpList; NR_ALL_LISTS],
 }
 
 impl PerCpuPages {
+    /// `zone_set_pageset_high_and_batch()` for this slot, with the extension lists'
+    /// limits derived from the same values.
+    pub(crate) fn set_high_batch(&mut self, high: u64, batch: u64) {
+        self.high = high;
+        self.batch = batch;
+        self.ext_cap = std::array::from_fn(|o| 2 * ext_batch(batch, o as u32));
+        self.ext_limit = ext_high(high);
+    }
+
     /// Pages on the kernel's lists (what `high` limits).
     #[inline]
     pub(crate) fn kernel_count(&self) -> u64 {
@@ -412,7 +427,7 @@ mod tests {
             for mt in MigrateType::PCPTYPES {
                 let p = order_to_pindex(mt, order);
                 assert_eq!(pindex_to_order(p), order);
-                let e = pcp_entry(512 * 7, order, mt);
+                let e = pcp_entry(512 * 7, order, list_index(mt));
                 assert_eq!(pcp_entry_pfn(e, order), 512 * 7);
                 assert_eq!(pcp_entry_mt(e, p), mt);
             }
@@ -430,7 +445,10 @@ mod tests {
                 assert!((NR_PCP_LISTS..NR_ALL_LISTS).contains(&p));
                 assert!(seen.insert(p));
                 assert_eq!(pindex_to_order(p), order);
-                assert_eq!(pcp_entry_mt(pcp_entry(1 << 12, order, mt), p), mt);
+                assert_eq!(
+                    pcp_entry_mt(pcp_entry(1 << 12, order, list_index(mt)), p),
+                    mt
+                );
             }
         }
         assert_eq!(seen.len(), NR_EXT_LISTS);

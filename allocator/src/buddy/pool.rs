@@ -500,7 +500,7 @@ impl Pool {
         let Some(zone) = self.zones.get(zi) else {
             return false;
         };
-        if zone.allocated_order(pfn) != Some(order) {
+        if zone.alloc_order_fast(pfn) != order {
             return false;
         }
         zone.free_pcp_fast(this_slot(self.nr_slots), pfn, order)

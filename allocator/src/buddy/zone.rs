@@ -15,13 +15,12 @@
 use super::bitmap::AtomicTags;
 use super::free_area::FreeIndex;
 use super::pageblock::{
-    can_steal_fallback, fallbacks, list_index, list_migratetype, migratetype_is_mergeable,
-    Pageblocks,
+    can_steal_fallback, fallbacks, list_index, migratetype_is_mergeable, Pageblocks,
 };
 use super::pcp::{
-    ext_batch, ext_high, ext_mask, ext_pindex, order_to_pindex, pcp_entry, pcp_entry_mt,
-    pcp_entry_pfn, pcp_ext_order, pcp_pindex_of, pindex_to_order, PerCpuPages, NR_ALL_LISTS,
-    NR_PCP_LISTS, PAGE_ALLOC_COSTLY_ORDER,
+    ext_batch, ext_mask, ext_pindex, order_to_pindex, pcp_entry, pcp_entry_mt, pcp_entry_pfn,
+    pcp_ext_order, pcp_pindex_of, pindex_to_order, PerCpuPages, NR_ALL_LISTS, NR_PCP_LISTS,
+    PAGE_ALLOC_COSTLY_ORDER,
 };
 use super::spinlock::SpinLock;
 use super::watermark::{Wmark, MAX_NR_ZONES};
@@ -266,20 +265,16 @@ impl Zone {
         }
     }
 
-    /// The order of the block at `pfn` if it is handed out to a caller (its allocated-head
-    /// bit is set), read with one load of each bitmap: `is_allocated_head` and
-    /// `alloc_order` together.
+    /// The order code at `pfn` read as an allocated head's (`alloc_order`) with one load
+    /// and no branch, whether or not the block is allocated: the fast free compares it with
+    /// the caller's order and then lets the allocated-head bit, cleared under the slot
+    /// lock, decide (a block that is not allocated fails there and takes the full path).
     #[inline(always)]
-    pub(crate) fn allocated_order(&self, pfn: u64) -> Option<u32> {
-        let idx = pfn - self.base;
-        if !self.tags.alloc_test(idx) {
-            return None;
-        }
-        let pair = u32::from(self.tags.get_pair(idx));
+    pub(crate) fn alloc_order_fast(&self, pfn: u64) -> u32 {
+        let pair = u32::from(self.tags.get_pair(pfn - self.base));
         let t = pair & 3;
-        // Branch-free decode (order 0 or not follows the caller's order).
         let code = ((t.wrapping_sub(1) << 2) | (pair >> 2)).wrapping_add(1);
-        Some(code & u32::from(t != 0).wrapping_neg())
+        code & u32::from(t != 0).wrapping_neg()
     }
 
     /// Whether the block at `pfn` is handed out to a caller.
@@ -658,7 +653,7 @@ impl Zone {
                 break;
             };
             self.set_alloc_order(pfn, order);
-            pcp.lists[l].push_back(pcp_entry(pfn, order, mt));
+            pcp.lists[l].push_back(pcp_entry(pfn, order, list_index(mt)));
             got += 1;
         }
         self.publish(&st);
@@ -743,13 +738,13 @@ impl Zone {
         }
         let pages = 1u64 << order;
         let ext = ext_mask(l);
-        pcp.lists[l].push_front(pcp_entry(pfn, order, list_migratetype(mti)));
+        pcp.lists[l].push_front(pcp_entry(pfn, order, mti));
         pcp.count += pages;
         pcp.ext_count += pages & ext;
         let ext = ext != 0;
         let ext_flush = ext
-            & ((pcp.lists[l].len() as u64 > 2 * ext_batch(pcp.batch, order))
-                | (pcp.ext_count > ext_high(pcp.high)));
+            & ((pcp.lists[l].len() as u64 > pcp.ext_cap[order as usize])
+                | (pcp.ext_count > pcp.ext_limit));
         let free_high =
             !ext & (pcp.free_factor > 0) & (order > 0) & (order <= PAGE_ALLOC_COSTLY_ORDER);
         // nr_pcp_high()
@@ -784,7 +779,7 @@ impl Zone {
     }
 
     /// Returns the oldest `blocks` blocks of extension list `l` to the buddy lists, then,
-    /// while the slot keeps more than [`ext_high`] extension pages, the oldest blocks of
+    /// while the slot keeps more than [`super::pcp::ext_high`] extension pages, the oldest blocks of
     /// the other extension lists (highest order first), all under one zone lock.
     #[cold]
     #[inline(never)]
@@ -797,7 +792,7 @@ impl Zone {
             };
             self.ext_free_locked(&mut st, pcp, pfn, l, order);
         }
-        let limit = ext_high(pcp.high);
+        let limit = pcp.ext_limit;
         if pcp.ext_count <= limit {
             self.publish(&st);
             return;
@@ -893,9 +888,7 @@ impl Zone {
     /// `zone_pcp_update()`: sets high and batch of every slot.
     pub(crate) fn set_pcp_high_batch(&self, high: u64, batch: u64) {
         for slot in self.pcp.iter() {
-            let mut pcp = slot.0.lock();
-            pcp.high = high;
-            pcp.batch = batch;
+            slot.0.lock().set_high_batch(high, batch);
         }
     }
 
