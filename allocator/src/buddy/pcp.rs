@@ -23,8 +23,9 @@
 //! high`) would keep emptying the order-0 lists, which then refill `batch` pages at a time;
 //! so the extension pages are counted in `ext_count` (and in `count`, which stays "pages on
 //! all lists") but not against `high`, and they have their own, simpler policy:
-//! * an empty extension list is refilled with [`ext_batch`] blocks (≈ `8 * batch` pages)
-//!   under one zone lock, after the full `zone_watermark_ok()` check, as `rmqueue_bulk()`;
+//! * an empty extension list is refilled with [`ext_batch`] blocks (≈ `8 * batch` pages,
+//!   at least 4 blocks) under one zone lock, after the full `zone_watermark_ok()` check, as
+//!   `rmqueue_bulk()`;
 //! * a free that makes a list longer than `2 * ext_batch` blocks, or the slot's extension
 //!   pages more than [`ext_high`] (`4 * high`), returns the oldest `ext_batch` blocks of that
 //!   list (and, while still above, of the other extension lists) to the buddy lists.
@@ -126,11 +127,13 @@ pub(crate) fn ext_pindex(mt: MigrateType, order: u32) -> usize {
 }
 
 /// Blocks an empty extension list of `order` is refilled with, and flushed by:
-/// `batch >> (order - 3)`, at least 2 (≈ `8 * batch` pages). (Defined, and unused, for
-/// the kernel's orders too, so that callers can compute it without a branch.)
+/// `batch >> (order - 3)` (≈ `8 * batch` pages), at least 4, so that the lists of orders
+/// 7 and 8, which hold few blocks, do not refill and flush every few operations (what the
+/// slot keeps in all is bounded by [`ext_high`] either way). (Defined, and unused, for the
+/// kernel's orders too, so that callers can compute it without a branch.)
 #[inline]
 pub(crate) fn ext_batch(batch: u64, order: u32) -> u64 {
-    (batch.max(1) >> order.saturating_sub(PAGE_ALLOC_COSTLY_ORDER)).max(2)
+    (batch.max(1) >> order.saturating_sub(PAGE_ALLOC_COSTLY_ORDER)).max(4)
 }
 
 /// All ones if list `l` is an extension list, else 0 (for branch-free bookkeeping).
@@ -467,11 +470,12 @@ mod tests {
             }
         }
         assert!(!pcp_ext_order(3) && !pcp_ext_order(9));
-        // 4 GiB zone (batch 63): about 8 * batch pages per refill, at least two blocks.
+        // 4 GiB zone (batch 63): about 8 * batch pages per refill, at least four blocks.
         assert_eq!(ext_batch(63, 4), 31);
-        assert_eq!(ext_batch(63, 7), 3);
-        assert_eq!(ext_batch(63, 8), 2);
-        assert_eq!(ext_batch(1, 8), 2);
+        assert_eq!(ext_batch(63, 6), 7);
+        assert_eq!(ext_batch(63, 7), 4);
+        assert_eq!(ext_batch(63, 8), 4);
+        assert_eq!(ext_batch(1, 8), 4);
     }
 
     #[test]

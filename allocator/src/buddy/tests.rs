@@ -597,7 +597,13 @@ fn exhaustion_drains_per_cpu_lists_before_failing() {
     // flush: they stay cached, and the zones stay at their watermarks.
     let z = pool.zone(NodeId(0), ZoneType::Movable).expect("movable");
     let slot = super::pcp::this_slot(pool.nr_slots);
-    let n = super::pcp::ext_batch(z.pcp[slot].0.lock().batch, 6) as usize;
+    let (batch, ext_limit) = {
+        let pcp = z.pcp[slot].0.lock();
+        (pcp.batch, pcp.ext_limit)
+    };
+    // Neither the list's cap (2 * ext_batch blocks) nor the slot's limit is passed.
+    let n = (super::pcp::ext_batch(batch, 6).min(ext_limit >> 6)) as usize;
+    assert!(n >= 1, "batch {batch}, ext_limit {ext_limit}");
     assert!(
         live.len() > n && (live[0].0 - 16384) < 8192,
         "first blocks from Movable"
