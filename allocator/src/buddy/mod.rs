@@ -71,7 +71,8 @@
 //! # Invariants (checked by [`Pool::validate`], run by the proptests)
 //! * No page is handed out twice: allocated blocks, free blocks and per-CPU pages are
 //!   pairwise disjoint and cover exactly the present pages of each zone.
-//! * free (buddy + per-CPU) + allocated = managed, per zone.
+//! * free (buddy + per-CPU) + allocated = managed, per zone; each slot's `count` is the
+//!   pages on all its lists and `ext_count` those on its extension lists (orders 4..=8).
 //! * `nr_free` per order and per migratetype equals a rescan of the free blocks, and
 //!   `NR_FREE_PAGES` equals the pages of all free blocks not on the ISOLATE list.
 //! * Free blocks in an isolated pageblock are on the ISOLATE list, and ISOLATE blocks lie

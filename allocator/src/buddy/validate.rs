@@ -1,7 +1,7 @@
 //! `validate()`: rescans every zone's metadata and rechecks every counter against it.
 
 use super::pageblock::{list_index, NR_FREE_LISTS};
-use super::pcp::{pcp_entry_pfn, pindex_to_order};
+use super::pcp::{pcp_entry_pfn, pindex_to_order, NR_PCP_LISTS};
 use super::pool::Pool;
 use super::zone::Zone;
 use super::BuddyError;
@@ -38,6 +38,17 @@ fn validate_zone(z: &Zone) -> Result<(), String> {
             return Err(format!(
                 "pcp slot {i}: count {} but {n} pages listed",
                 p.count
+            ));
+        }
+        let ext: u64 = p.lists[NR_PCP_LISTS..]
+            .iter()
+            .enumerate()
+            .map(|(k, l)| (l.len() as u64) << pindex_to_order(NR_PCP_LISTS + k))
+            .sum();
+        if ext != p.ext_count {
+            return Err(format!(
+                "pcp slot {i}: ext_count {} but {ext} pages on extension lists",
+                p.ext_count
             ));
         }
         for (pi, list) in p.lists.iter().enumerate() {
