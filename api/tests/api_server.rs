@@ -123,6 +123,7 @@ fn life_cycle_over_http() {
         "memtide_pool_watermark_pages{node=\"0\",zone=\"Normal\",level=\"low\"}",
         "memtide_pool_free_blocks{node=\"0\",zone=\"Movable\",order=\"10\"}",
         "# TYPE memtide_api_responses_total counter",
+        "memtide_vm_balloon_events_total{vm=\"a\",counter=\"reported_bytes\"} 0",
     ] {
         assert!(metrics.contains(want), "{want} in\n{metrics}");
     }

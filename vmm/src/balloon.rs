@@ -1,8 +1,8 @@
 //! virtio-balloon in a VM: one balloon per VM at a fixed place next to the virtio-mem
 //! windows (uid [`BALLOON_UID`], base [`BALLOON_BASE`], GSI [`BALLOON_GSI`]), wired with
-//! [`crate::devices::virtio::balloon::attach()`] in [`NotifyMode::MmioExits`] (memtide's event
-//! loop takes no device subscribers: QueueNotify arrives as MMIO exits, statistics are asked
-//! for by the balloon's own poller thread).
+//! [`crate::devices::virtio::balloon::attach()`] in [`NotifyMode::EventLoop`]: QueueNotify
+//! writes complete in KVM on ioeventfds and the statistics timer is a timerfd, both watched
+//! by the VM's event loop ([`VmBalloon::take_subscribers`]).
 //!
 //! The backend is a [`HostMappingBackend`] that only discards boot RAM (the memfd mapping
 //! `GuestRam` made): pages of virtio-mem regions are refused (counted as invalid pfns), as
@@ -67,10 +67,20 @@ pub trait BalloonControl: Send + Sync {
 }
 
 /// The balloon of one VM.
-#[derive(Debug)]
 pub struct VmBalloon {
     attached: AttachedBalloon<HostMappingBackend>,
     guest_ram: u64,
+    /// The queue notifiers and the stats timer, until the event loop takes them.
+    subscribers: std::sync::Mutex<Vec<crate::event_loop::Subscriber>>,
+}
+
+impl std::fmt::Debug for VmBalloon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmBalloon")
+            .field("attached", &self.attached)
+            .field("guest_ram", &self.guest_ram)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Whether `range` lies wholly inside one of `ram`'s `(start, len)` ranges.
@@ -96,7 +106,7 @@ impl VmBalloon {
             mem.clone(),
             Box::new(move |range| in_ranges(&ram, range)),
         );
-        let attached = attach(
+        let mut attached = attach(
             vm,
             mem.clone(),
             BalloonPlacement {
@@ -104,14 +114,22 @@ impl VmBalloon {
                 base: BALLOON_BASE,
                 gsi: BALLOON_GSI,
             },
-            NotifyMode::MmioExits,
+            NotifyMode::EventLoop,
             config,
             backend,
         )?;
+        let subscribers = std::sync::Mutex::new(attached.take_subscribers());
         Ok(VmBalloon {
             attached,
             guest_ram,
+            subscribers,
         })
+    }
+
+    /// The queue notifiers and the stats timer, for the VM's event loop (once: later calls
+    /// get none).
+    pub fn take_subscribers(&self) -> Vec<crate::event_loop::Subscriber> {
+        std::mem::take(&mut *self.subscribers.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The DSDT object.

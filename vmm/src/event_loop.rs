@@ -190,6 +190,11 @@ impl EventLoop {
         self.stdin = Some(h);
     }
 
+    /// Adds a device's subscriber (e.g. its queue ioeventfds).
+    pub fn add_subscriber(&mut self, subscriber: Subscriber) {
+        self.manager.add_subscriber(subscriber);
+    }
+
     /// Runs until the exit signal is raised.
     pub fn run(&mut self) -> Result<(), EventLoopError> {
         while !self.exit.is_requested() {

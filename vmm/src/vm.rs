@@ -203,7 +203,7 @@ impl std::fmt::Debug for Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        // The balloon lets go of guest memory first (its stats poller may outlive the VM).
+        // The balloon lets go of guest memory first (the control plane may still hold it).
         if let Some(b) = &self.balloon {
             b.quiesce();
         }
@@ -295,6 +295,14 @@ impl Vm {
         } else {
             None
         };
+        let device_subscribers = self
+            .hotplug
+            .iter()
+            .flat_map(|h| h.take_subscribers())
+            .chain(self.balloon.iter().flat_map(|b| b.take_subscribers()));
+        for s in device_subscribers {
+            event_loop.add_subscriber(s);
+        }
         let handles = spawn_vcpus(std::mem::take(&mut self.vcpus), &self.exit)?;
         self.exit.pause_gate().set_threads(
             handles

@@ -594,7 +594,18 @@ impl ControlPlane {
             *need.entry(slot.host_node_of(n)).or_default() += t.saturating_sub(cur);
         }
         for (host, bytes) in need.into_iter().filter(|&(_, b)| b > 0) {
-            let room = self.movable_room(host) + credit.get(&host).copied().unwrap_or(0);
+            let room = |plane: &Self| {
+                plane.movable_room(host) + credit.get(&host).copied().unwrap_or(0)
+            };
+            let mut room_now = room(self);
+            if bytes > room_now {
+                // Free pages on the per-CPU lists do not count as free (NR_FREE_PAGES, as in
+                // Linux): give them back to the buddy lists, as the kernel drains them
+                // before it gives up on an allocation, and look again.
+                self.pool.pool().drain_all_pages();
+                room_now = room(self);
+            }
+            let room = room_now;
             if bytes > room {
                 return Err(ControlError::Exhausted(format!(
                     "growing VM {:?} needs {} MiB of host node {host}'s ZONE_MOVABLE; {} MiB are free above its low watermark",

@@ -5,9 +5,11 @@
 //! [`VmHotplug::attach`] does the wiring for all of a VM's devices: per range it reserves the
 //! region (inaccessible) and registers it as one KVM memslot, creates the device with
 //! `node_id` = the guest node's proximity domain (`VIRTIO_MEM_F_ACPI_PXM`), its virtio-mmio
-//! transport and irqfd, and the DSDT object. vCPUs route MMIO exits through
-//! [`VmHotplug::mmio_read`] / [`VmHotplug::mmio_write`] (QueueNotify arrives there too; no
-//! ioeventfd, as memtide's event loop takes no device subscribers). The control plane gets
+//! transport, irqfd and queue ioeventfds, and the DSDT object. vCPUs route MMIO exits
+//! through [`VmHotplug::mmio_read`] / [`VmHotplug::mmio_write`] (register accesses); a
+//! QueueNotify write completes in KVM on the queue's ioeventfd, which the VM's event loop
+//! watches ([`VmHotplug::take_subscribers`]) and hands to the transport, so request
+//! handling never holds up the vCPU that notified. The control plane gets
 //! [`VmHotplug::hotplug_memory`]; when the VM ends, [`VmHotplug::release_all`] gives every
 //! plugged block back to the pool.
 
@@ -26,9 +28,14 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::control::machine::HotplugMemory;
 use crate::control::virtio_mem::{SharedMemDevice, VirtioMemHotplug};
 use crate::devices::virtio::acpi::{AcpiDescriptionError, VirtioMmioAcpi};
+use crate::devices::virtio::event_handler::{
+    register_queue_notifiers, NotifyError, QueueNotifyHandler,
+};
 use crate::devices::virtio::mem::{VirtioMem, VirtioMemConfig, VirtioMemError};
 use crate::devices::virtio::mmio::{MmioTransport, TransportError, MMIO_WINDOW_SIZE};
+use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::VirtioInterrupt;
+use crate::event_loop::Subscriber;
 use crate::layout::{GuestMemoryMap, VIRTIO_MMIO_START};
 use crate::memory::host::HostMemory;
 use crate::memory::pool::PoolBacking;
@@ -72,6 +79,9 @@ pub enum HotplugError {
     /// The DSDT object could not be described.
     #[error("virtio-mem DSDT object: {0}")]
     Acpi(#[from] AcpiDescriptionError),
+    /// The queue ioeventfds could not be registered.
+    #[error("virtio-mem queue notifications: {0}")]
+    Notify(#[from] NotifyError),
 }
 
 /// One wired device.
@@ -86,6 +96,8 @@ pub struct VmHotplug {
     devices: Vec<Attached>,
     acpi: Vec<VirtioMmioAcpi>,
     memory: GuestMemory,
+    /// The queue-notification handlers, until the event loop takes them.
+    subscribers: Mutex<Vec<Subscriber>>,
 }
 
 impl std::fmt::Debug for VmHotplug {
@@ -162,6 +174,7 @@ impl VmHotplug {
         }
         let mut devices = Vec::new();
         let mut acpi = Vec::new();
+        let mut subscribers = Vec::new();
         for (i, (h, region)) in map.hotplug.iter().zip(regions).enumerate() {
             let base = VIRTIO_MMIO_START + i as u64 * MMIO_WINDOW_SIZE;
             let gsi = DEVICE_GSIS[i];
@@ -189,10 +202,17 @@ impl VmHotplug {
             let device = VirtioMem::new(config, backend, irq.clone())
                 .map_err(|e| HotplugError::Device(h.guest_node, e))?;
             let transport = MmioTransport::new(device, memory.clone(), irq)?;
+            let queues = transport.device().queue_max_sizes().len();
+            let transport = Arc::new(Mutex::new(transport));
+            let notifiers = register_queue_notifiers(vm, base, queues)?;
+            subscribers.push(Arc::new(Mutex::new(QueueNotifyHandler::new(
+                transport.clone(),
+                notifiers,
+            ))) as Subscriber);
             devices.push(Attached {
                 guest_node: h.guest_node,
                 base,
-                transport: Arc::new(Mutex::new(transport)),
+                transport,
             });
             acpi.push(description);
         }
@@ -200,7 +220,14 @@ impl VmHotplug {
             devices,
             acpi,
             memory,
+            subscribers: Mutex::new(subscribers),
         }))
+    }
+
+    /// The devices' queue-notification handlers, for the VM's event loop (once: later calls
+    /// get none).
+    pub fn take_subscribers(&self) -> Vec<Subscriber> {
+        std::mem::take(&mut *self.subscribers.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The DSDT objects of the devices.

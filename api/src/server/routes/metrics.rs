@@ -152,6 +152,22 @@ pub fn render(pool: &PoolInfo, vms: &[VmInfo], responses: &[(u16, u64)]) -> Stri
     }
     head(
         &mut m,
+        "memtide_vm_balloon_events_total",
+        "counter",
+        "A VM's virtio-balloon counters since boot (inflated/deflated pages, free page reports and their bytes, errors), by counter name.",
+    );
+    for v in vms {
+        for (counter, x) in v.balloon.iter().flat_map(|b| b.counters.iter()) {
+            let _ = writeln!(
+                m,
+                "memtide_vm_balloon_events_total{{vm=\"{}\",counter=\"{}\"}} {x}",
+                label(&v.id),
+                label(counter)
+            );
+        }
+    }
+    head(
+        &mut m,
         "memtide_vm_balloon_stat",
         "gauge",
         "The guest's latest virtio-balloon statistics, by virtio stat name.",
