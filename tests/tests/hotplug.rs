@@ -10,7 +10,7 @@
 #[allow(dead_code)]
 mod common;
 
-use common::{memtide_binary, run_argv};
+use common::{api_vm, memtide_binary, run_argv};
 use memtide_testbed::{say, GuestImage, HostConfig, KvmHost, Report, Result, Timeline};
 use std::time::{Duration, Instant};
 
@@ -126,68 +126,22 @@ fn vm_sizes(host: &KvmHost, memtide: &str, id: &str) -> Result<(u64, u64)> {
     Ok((boot, total))
 }
 
-/// Creates VM `b` (256 MiB on host node 1, 1 GiB hot-pluggable) in the same memtide and
-/// waits for its agent line on its console file; a dead or silent boot is retried.
-fn create_b(host: &KvmHost, memtide: &str) -> Result<()> {
-    memtide_testbed::retry_boot("b", memtide_testbed::Policy::Guest, |_| {
-        let _ = host.run(
-            &format!(
-                "{memtide} vm shutdown b --api-sock {SOCK}; {memtide} vm delete b --api-sock {SOCK}"
-            ),
-            Duration::from_secs(60),
-        );
-        host.check(
-            &format!(
-                "{memtide} vm create --api-sock {SOCK} --id b --kernel {k} --initrd {i} \
-                 --cmdline 'quiet loglevel=1' --vcpus 1 --serial-file /tmp/b.console \
-                 --numa guest_numa_id=0,cpus=0,memory=256M,host_numa_id=1,hotplug_size=1G",
-                k = host.guest_kernel(),
-                i = host.guest_initrd()
-            ),
-            Duration::from_secs(60),
-        )?;
-        let start = Instant::now();
-        loop {
-            let out = host.run(
-                "grep -c 'AGENT ready' /tmp/b.console",
-                Duration::from_secs(10),
-            )?;
-            if out.lines.last().is_some_and(|l| l.trim() != "0") {
-                say(&format!(
-                    "b: agent ready {:.1} s after create",
-                    start.elapsed().as_secs_f64()
-                ));
-                return Ok(());
-            }
-            let tail = host
-                .run("tail -n 5 /tmp/b.console", Duration::from_secs(10))?
-                .text();
-            let state = host.run(
-                &format!("{memtide} vm info b --json --api-sock {SOCK}"),
-                Duration::from_secs(10),
-            )?;
-            if state.text().contains("\"stopped\"") {
-                return Err(memtide_testbed::Error::GuestDied {
-                    label: "b".into(),
-                    status: String::new(),
-                    tail,
-                });
-            }
-            if start.elapsed() > AGENT_TIMEOUT {
-                return Err(memtide_testbed::Error::GuestSilent {
-                    label: "b".into(),
-                    waited: AGENT_TIMEOUT,
-                    tail,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    })
+/// Creates VM `b` (256 MiB on host node 1, 1 GiB hot-pluggable) in the same memtide, its
+/// console on a socket with `memtide vm console` attached, and waits for its agent.
+fn create_b(host: &KvmHost, memtide: &str) -> Result<memtide_testbed::Guest> {
+    api_vm::create_attached(
+        host,
+        memtide,
+        SOCK,
+        "b",
+        "guest_numa_id=0,cpus=0,memory=256M,host_numa_id=1,hotplug_size=1G",
+    )
 }
 
 /// Issue 5's two-guest step: A (`run`, agent on the console) holds 512 MiB plugged and a
-/// 64 MiB pattern; 512 MiB move A -> b; A's pattern is intact, b has 512 MiB plugged, and
-/// at every step pool free + plugged + boot = managed.
+/// 64 MiB pattern; 512 MiB move A -> b; A's pattern is intact, b has 512 MiB plugged and its
+/// agent fills and verifies a pattern in that new memory, and at every step pool free +
+/// plugged + boot = managed and the pool audit (no page with two owners, none leaked) holds.
 fn rebalance_a_to_b(
     host: &KvmHost,
     memtide: &str,
@@ -213,6 +167,15 @@ fn rebalance_a_to_b(
             managed,
             "{label}: free + plugged + boot = managed"
         );
+        let (allocated, owned) = api_vm::audit(host, memtide, SOCK)?;
+        assert_eq!(
+            allocated,
+            used / PAGE,
+            "{label}: the audit counts the same pages"
+        );
+        say(&format!(
+            "{label}: pool audit consistent ({owned} pages owned)"
+        ));
         Ok(())
     };
     resize(host, memtide, "768M")?;
@@ -220,7 +183,8 @@ fn rebalance_a_to_b(
     assert_eq!(r.mem_total_kib - m0, 512 * MIB_KB, "A grew by 512 MiB");
     assert_eq!(guest.fill(64)?, 64);
     t.mark("A: 512 MiB plugged, 64 MiB pattern");
-    create_b(host, memtide)?;
+    let mut b = create_b(host, memtide)?;
+    let b0 = b.report()?;
     t.mark("b: agent ready");
     accounted("before the move")?;
     let start = Instant::now();
@@ -246,17 +210,43 @@ fn rebalance_a_to_b(
         plugged_b = b1 - b0;
     }
     assert_eq!(plugged_b, 512 << 20, "b plugged 512 MiB");
+    // b's guest has the memory: MemTotal grew by 512 MiB, all of it ZONE_MOVABLE, and a
+    // pattern the agent writes there reads back (user pages go to ZONE_MOVABLE first).
+    let rb = report_when(
+        &mut b,
+        b0.mem_total_kib + 512 * MIB_KB,
+        Duration::from_secs(60),
+    )?;
+    assert_eq!(
+        rb.mem_total_kib - b0.mem_total_kib,
+        512 * MIB_KB,
+        "b's MemTotal grew by 512 MiB"
+    );
+    assert_eq!(
+        movable_kib(&rb) - movable_kib(&b0),
+        512 * MIB_KB,
+        "b's new memory is movable"
+    );
+    assert_eq!(b.fill(128)?, 128);
+    let filled = b.report()?;
+    let used_movable = filled.zone(0, "Movable").map_or(0, |z| z.managed - z.free);
+    assert!(
+        used_movable >= 96 * 256,
+        "b's pattern is in the memory it got: {used_movable} Movable pages in use"
+    );
+    assert_eq!(b.verify()?, 128, "b's pattern in its new memory is intact");
+    t.mark("b: 128 MiB pattern verified in the moved memory");
     assert_eq!(guest.verify()?, 64, "A's pattern intact after the unplug");
     assert_eq!(guest.free()?, 64);
     let r = report_when(guest, m0, Duration::from_secs(30))?;
     assert_eq!(r.mem_total_kib, m0, "A back to its boot RAM");
     accounted("after the move")?;
-    host.check(
-        &format!(
-            "{memtide} vm shutdown b --api-sock {SOCK} && {memtide} vm delete b --api-sock {SOCK}"
-        ),
-        Duration::from_secs(60),
-    )?;
+    api_vm::delete(host, memtide, SOCK, "b")?;
+    assert_eq!(
+        b.wait_exit(Duration::from_secs(30))?,
+        0,
+        "b's console ends with b"
+    );
     accounted("b deleted")?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Helpers shared by the tests that run memtide's own VMM in the KVM host.
 
+pub mod api_vm;
 pub mod balloon;
 
 use memtide_testbed::cache::workspace_root;
