@@ -594,9 +594,8 @@ impl ControlPlane {
             *need.entry(slot.host_node_of(n)).or_default() += t.saturating_sub(cur);
         }
         for (host, bytes) in need.into_iter().filter(|&(_, b)| b > 0) {
-            let room = |plane: &Self| {
-                plane.movable_room(host) + credit.get(&host).copied().unwrap_or(0)
-            };
+            let room =
+                |plane: &Self| plane.movable_room(host) + credit.get(&host).copied().unwrap_or(0);
             let mut room_now = room(self);
             if bytes > room_now {
                 // Free pages on the per-CPU lists do not count as free (NR_FREE_PAGES, as in
