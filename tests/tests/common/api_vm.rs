@@ -5,6 +5,7 @@
 // Each test binary compiles every helper module and uses only some.
 #![allow(dead_code)]
 
+use super::balloon::num;
 use memtide_testbed::{retry_boot, say, Error, Guest, KvmHost, Policy, Result};
 use std::time::{Duration, Instant};
 
@@ -72,17 +73,6 @@ pub fn delete(host: &KvmHost, memtide: &str, api_sock: &str, id: &str) -> Result
     .map(|_| ())
 }
 
-/// The first integer after `"key":` in `text` (the first occurrence).
-pub fn json_number(text: &str, key: &str) -> Option<u64> {
-    text.split(&format!("\"{key}\":"))
-        .nth(1)?
-        .trim_start()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// `memtide pool --audit --json`: fails with the audit's problems unless it is consistent;
 /// returns `(allocated, owned)` pages.
 pub fn audit(host: &KvmHost, memtide: &str, api_sock: &str) -> Result<(u64, u64)> {
@@ -97,10 +87,7 @@ pub fn audit(host: &KvmHost, memtide: &str, api_sock: &str) -> Result<(u64, u64)
             out.status
         )));
     }
-    match (
-        json_number(&text, "allocated_pages"),
-        json_number(&text, "owned_pages"),
-    ) {
+    match (num(&text, "allocated_pages"), num(&text, "owned_pages")) {
         (Some(a), Some(o)) => Ok((a, o)),
         _ => Err(Error::Config(format!("no page counts in {text}"))),
     }
