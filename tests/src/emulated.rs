@@ -698,6 +698,9 @@ for m in {modules}; do
   insmod /lib/modules/$m.ko || echo "MEMTIDE-HOST-WARN insmod $m failed"
 done
 ip link set lo up
+# Let shmem (memfd) mappings that ask for it (MADV_HUGEPAGE) use transparent huge pages, as
+# a host set up for VMs would: memtide's guest memory is memfd-backed.
+echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null
 {net_setup}for s in 1 2 3; do stty -F /dev/ttyS$s raw -echo 2>/dev/null; done
 stty -echo
 kvm=no

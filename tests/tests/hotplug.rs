@@ -377,6 +377,26 @@ fn guest_grows_to_1g_and_back_through_virtio_mem() {
         "the pattern is in plugged memory: {used_movable} Movable pages in use"
     );
     assert_eq!(guest.verify().expect("verify"), 128);
+    // The host backs it with transparent huge pages (the emulated host sets shmem_enabled
+    // to advise; memtide maps memfd ranges 2 MiB-aligned with MADV_HUGEPAGE).
+    let thp = host
+        .check(
+            "p=$(grep -l '^memtide$' /proc/[0-9]*/comm | head -n 1); \
+             awk '/^ShmemPmdMapped:/ {print $2}' \"${p%/comm}/smaps_rollup\"",
+            Duration::from_secs(30),
+        )
+        .expect("smaps_rollup")
+        .lines
+        .last()
+        .and_then(|l| l.trim().parse::<u64>().ok())
+        .expect("ShmemPmdMapped");
+    say(&format!(
+        "memtide maps {thp} kB of guest memory with huge pages"
+    ));
+    assert!(
+        thp >= 64 * MIB_KB,
+        "most of the 128 MiB pattern sits in 2 MiB pages: {thp} kB"
+    );
     assert_eq!(guest.free().expect("free"), 128);
     t.mark("128 MiB filled and verified in plugged memory");
 

@@ -217,6 +217,8 @@ impl PoolMemoryBackend {
             if addr == libc::MAP_FAILED {
                 return Err(std::io::Error::last_os_error());
             }
+            // SAFETY: `addr` is the mapping just made inside our own reservation.
+            unsafe { crate::memory::host::advise_huge_pages(addr, len as usize) };
             at += len;
         }
         Ok(())

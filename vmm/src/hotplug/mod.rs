@@ -111,18 +111,19 @@ impl std::fmt::Debug for VmHotplug {
     }
 }
 
-/// Reserves `size` bytes of inaccessible address space (the unplugged region).
-fn reserve(size: u64, guest_node: u32) -> Result<Arc<MmapRegion<()>>, HotplugError> {
+/// Reserves `size` bytes of inaccessible address space (the unplugged region) for blocks of
+/// `host_node`'s memfd ([`HostMemory::reserve`]: huge-page aligned where the host allows).
+fn reserve(
+    host: &HostMemory,
+    host_node: u32,
+    size: u64,
+    guest_node: u32,
+) -> Result<Arc<MmapRegion<()>>, HotplugError> {
     let len = usize::try_from(size)
         .map_err(|_| HotplugError::Reserve(size, guest_node, "does not fit in usize".into()))?;
-    MmapRegion::build(
-        None,
-        len,
-        libc::PROT_NONE,
-        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-    )
-    .map(Arc::new)
-    .map_err(|e| HotplugError::Reserve(size, guest_node, e.to_string()))
+    host.reserve(host_node, len)
+        .map(Arc::new)
+        .map_err(|e| HotplugError::Reserve(size, guest_node, e.to_string()))
 }
 
 impl VmHotplug {
@@ -150,7 +151,7 @@ impl VmHotplug {
         let mut memory = boot.clone();
         let mut regions = Vec::new();
         for (i, h) in map.hotplug.iter().enumerate() {
-            let region = reserve(h.size, h.guest_node)?;
+            let region = reserve(host, h.host_node, h.size, h.guest_node)?;
             let slot = first_slot + i as u32;
             let mem_region = kvm_userspace_memory_region {
                 slot,

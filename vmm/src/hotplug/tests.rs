@@ -23,7 +23,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let pool = PoolBacking::new(&[(0, 512 << 20)], None, Some("256M")).expect("pool");
     let host = Arc::new(HostMemory::new(&pool.memfd_sizes()).expect("memfd"));
-    let region = reserve(REGION, 0).expect("reserve");
+    let region = reserve(&host, 0, REGION, 0).expect("reserve");
     Fixture { pool, host, region }
 }
 
@@ -131,7 +131,7 @@ fn plug_is_all_or_nothing_when_the_pool_runs_dry() {
     let (zs, ze) = movable_range(&f);
     let movable = (ze - zs) * PAGE_SIZE;
     // Region bigger than ZONE_MOVABLE: asking for all of it must fail and take nothing.
-    let big = reserve(512 << 20, 0).expect("reserve");
+    let big = reserve(&f.host, 0, 512 << 20, 0).expect("reserve");
     let mut b = PoolMemoryBackend::new(f.pool.clone(), f.host.clone(), 0, big, START, 2 << 20)
         .expect("backend");
     let err = b

@@ -144,7 +144,7 @@ fn map_ranges(
     for r in &map.ram {
         let got = allocator.alloc_boot_ram(r.host_node, r.size)?;
         extents.extend_from_slice(&got);
-        let region = reserve(r.size)?;
+        let region = reserve(host, r.host_node, r.size)?;
         let mut off = 0u64;
         for e in &got {
             let memfd = host
@@ -162,19 +162,14 @@ fn map_ranges(
     GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Regions(e.to_string()))
 }
 
-/// Reserves `size` bytes of address space, inaccessible until extents are mapped into it.
-/// The region owns the reservation and unmaps it when the last reference goes.
-fn reserve(size: u64) -> Result<Arc<MmapRegion<()>>, MemoryError> {
+/// Reserves `size` bytes of address space, inaccessible until extents of `node`'s memfd are
+/// mapped into it ([`HostMemory::reserve`]: huge-page aligned where the host allows).
+fn reserve(host: &HostMemory, node: u32, size: u64) -> Result<Arc<MmapRegion<()>>, MemoryError> {
     let len = usize::try_from(size)
         .map_err(|_| MemoryError::Regions(format!("{size} bytes do not fit in usize")))?;
-    MmapRegion::build(
-        None,
-        len,
-        libc::PROT_NONE,
-        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-    )
-    .map(Arc::new)
-    .map_err(|e| MemoryError::Reserve(size, e))
+    host.reserve(node, len)
+        .map(Arc::new)
+        .map_err(|e| MemoryError::Reserve(size, e))
 }
 
 /// Maps `extent` of the memfd `fd` at byte `offset` of the reserved `region`.
@@ -205,6 +200,8 @@ fn map_extent(
     if addr == libc::MAP_FAILED {
         return Err(std::io::Error::last_os_error());
     }
+    // SAFETY: `addr` is the mapping just made inside our own reservation.
+    unsafe { host::advise_huge_pages(addr, extent.len as usize) };
     Ok(())
 }
 
