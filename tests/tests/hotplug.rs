@@ -10,6 +10,7 @@
 #[allow(dead_code)]
 mod common;
 
+use common::balloon::num;
 use common::{api_vm, memtide_binary, run_argv};
 use memtide_testbed::{say, GuestImage, HostConfig, KvmHost, Report, Result, Timeline};
 use std::time::{Duration, Instant};
@@ -20,21 +21,7 @@ const MIB_KB: u64 = 1024;
 
 /// The pool's free pages, from `memtide pool --json`.
 fn pool_free_pages(host: &KvmHost, memtide: &str) -> Result<u64> {
-    let out = host.check(
-        &format!("{memtide} pool --json --api-sock {SOCK}"),
-        Duration::from_secs(30),
-    )?;
-    let text = out.text();
-    // The top-level field comes first in the object ("nodes" holds per-zone "free").
-    text.split("\"free_pages\":")
-        .nth(1)
-        .and_then(|rest| {
-            rest.trim_start()
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .and_then(|d| d.parse().ok())
-        })
-        .ok_or_else(|| memtide_testbed::Error::Config(format!("no free_pages in {text}")))
+    pool_pages(host, memtide).map(|(_, free)| free)
 }
 
 /// What `memtide vm resize` prints when the guest had not reached the size in time.
@@ -92,15 +79,7 @@ fn json_numbers<const N: usize>(
     let text = out.text();
     let mut values = [0u64; N];
     for (value, key) in values.iter_mut().zip(keys) {
-        *value = text
-            .split(&format!("\"{key}\":"))
-            .nth(1)
-            .and_then(|rest| {
-                rest.trim_start()
-                    .split(|c: char| !c.is_ascii_digit())
-                    .next()
-                    .and_then(|d| d.parse::<u64>().ok())
-            })
+        *value = num(&text, key)
             .ok_or_else(|| memtide_testbed::Error::Config(format!("no {key} in {text}")))?;
     }
     Ok(values)
