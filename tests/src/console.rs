@@ -4,6 +4,11 @@
 //!
 //! A `Console` is a cheap clone: every clone shares the stream and the line history but has
 //! its own read cursor, so a guest handle and a test can both follow the same console.
+//!
+//! Heartbeats: a writer may interleave [`HEARTBEAT`] lines (one `write(2)` each, so never torn)
+//! anywhere in the stream, even inside another line; the reader removes them before it splits
+//! lines and only records when the last one arrived ([`Console::heartbeat_silence`]). The
+//! emulated host prints one every few seconds, so a silent host is told from a slow command.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -14,6 +19,42 @@ use std::time::{Duration, Instant};
 
 /// Lines kept for error messages.
 const TAIL_LINES: usize = 25;
+
+/// The heartbeat a writer may interleave with its output (followed by `\n`, or `\r\n`
+/// after a tty's output processing). It starts with the ASCII record separator, which no
+/// program's output here contains.
+pub const HEARTBEAT: &str = "\u{1e}@@MEMTIDE-HEARTBEAT";
+
+/// Removes every complete heartbeat (with its line end) from `buf`; returns how many there
+/// were. An incomplete one at the end stays for the next read.
+fn strip_heartbeats(buf: &mut Vec<u8>) -> usize {
+    let beat = HEARTBEAT.as_bytes();
+    let mut removed = 0;
+    let mut from = 0;
+    while let Some(pos) = buf[from..]
+        .windows(beat.len())
+        .position(|w| w == beat)
+        .map(|p| p + from)
+    {
+        let rest = &buf[pos + beat.len()..];
+        let end = if rest.starts_with(b"\r\n") {
+            2
+        } else if rest.starts_with(b"\n") {
+            1
+        } else if rest.is_empty() || rest == b"\r" {
+            // The line end has not arrived yet.
+            break;
+        } else {
+            // Not followed by a line end: not a heartbeat; leave it.
+            from = pos + 1;
+            continue;
+        };
+        buf.drain(pos..pos + beat.len() + end);
+        removed += 1;
+        from = pos;
+    }
+    removed
+}
 
 /// Errors waiting on a console.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +106,7 @@ pub struct Line {
 struct State {
     lines: Vec<Line>,
     closed: bool,
+    last_heartbeat: Option<Instant>,
 }
 
 struct Shared {
@@ -126,13 +168,16 @@ impl Console {
                         Ok(0) | Err(_) => break,
                         Ok(n) => n,
                     };
-                    if let Some(f) = log.as_mut() {
-                        let _ = f.write_all(&buf[..n]);
-                    }
                     partial.extend_from_slice(&buf[..n]);
+                    if strip_heartbeats(&mut partial) > 0 {
+                        lock(&s.state).last_heartbeat = Some(Instant::now());
+                    }
                     let mut new = Vec::new();
                     while let Some(pos) = partial.iter().position(|b| *b == b'\n') {
                         let raw: Vec<u8> = partial.drain(..=pos).collect();
+                        if let Some(f) = log.as_mut() {
+                            let _ = f.write_all(&raw);
+                        }
                         let text = String::from_utf8_lossy(&raw)
                             .trim_end_matches(['\n', '\r'])
                             .trim_start_matches('\r')
@@ -150,6 +195,9 @@ impl Console {
                         lock(&s.state).lines.extend(new);
                         s.cond.notify_all();
                     }
+                }
+                if let Some(f) = log.as_mut() {
+                    let _ = f.write_all(&partial);
                 }
                 let mut st = lock(&s.state);
                 if !partial.is_empty() {
@@ -196,6 +244,11 @@ impl Console {
     /// Moves the cursor past every line received so far (ignore old output).
     pub fn skip_to_end(&mut self) {
         self.cursor = lock(&self.shared.state).lines.len();
+    }
+
+    /// How long ago the last [`HEARTBEAT`] arrived; None if none ever did.
+    pub fn heartbeat_silence(&self) -> Option<Duration> {
+        lock(&self.shared.state).last_heartbeat.map(|t| t.elapsed())
     }
 
     /// Whether the stream has ended.
@@ -323,6 +376,66 @@ mod tests {
             Err(ConsoleError::Closed { .. })
         ));
         assert!(other.is_closed());
+        assert_eq!(other.heartbeat_silence(), None);
         let _ = child.wait();
+    }
+
+    #[test]
+    fn heartbeats_are_removed_wherever_they_land_and_recorded() {
+        let beat = HEARTBEAT;
+        let cases: &[(&str, &str, usize)] = &[
+            ("", "", 0),
+            ("a\n", "a\n", 0),
+            (&format!("{beat}\r\n"), "", 1),
+            (&format!("{beat}\n"), "", 1),
+            (&format!("ab{beat}\r\ncd\n"), "abcd\n", 1),
+            (&format!("{beat}\n{beat}\r\nx\n{beat}\n"), "x\n", 3),
+            // Incomplete: kept until its line end arrives.
+            (&format!("x\n{beat}"), &format!("x\n{beat}"), 0),
+            (&format!("x\n{beat}\r"), &format!("x\n{beat}\r"), 0),
+            (&beat[..5], &beat[..5], 0),
+            // The marker without a line end right after it is not a heartbeat.
+            (&format!("{beat}X\n"), &format!("{beat}X\n"), 0),
+        ];
+        for (input, output, n) in cases {
+            let mut buf = input.as_bytes().to_vec();
+            assert_eq!(strip_heartbeats(&mut buf), *n, "{input:?}");
+            assert_eq!(String::from_utf8_lossy(&buf), *output, "{input:?}");
+        }
+        // Through a real stream, split at every byte: lines come out clean, beats recorded.
+        let script = format!(
+            "printf 'par'; printf '{b}\\r\\n'; printf 'tial\\n'; printf '{b}\\n'; \
+             printf 'end\\n'; sleep 0.3",
+            b = beat.replace('\u{1e}', "\\036")
+        );
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let Some(out) = child.stdout.take() else {
+            panic!("pipe")
+        };
+        let one_byte_at_a_time = OneByte(out);
+        let mut c = Console::start("hb", one_byte_at_a_time, std::io::sink(), None);
+        c.wait_for("end", Duration::from_secs(10)).expect("end");
+        let texts: Vec<String> = c.lines_since(0).into_iter().map(|l| l.text).collect();
+        assert_eq!(texts, vec!["partial", "end"]);
+        assert!(c
+            .heartbeat_silence()
+            .is_some_and(|d| d < Duration::from_secs(10)));
+        let _ = child.wait();
+    }
+
+    /// A reader that returns one byte per read (the worst split of a stream).
+    struct OneByte<R>(R);
+
+    impl<R: Read> Read for OneByte<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(1);
+            self.0.read(&mut buf[..n])
+        }
     }
 }

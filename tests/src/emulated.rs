@@ -8,7 +8,7 @@
 //! started with its stdio on one slot) can be driven at once next to host commands.
 
 use crate::cache::{default_cache_dir, ensure_dir};
-use crate::console::{Console, ConsoleError};
+use crate::console::{Console, ConsoleError, HEARTBEAT};
 use crate::cpio::Archive;
 use crate::debian::DebianKernel;
 use crate::error::{Error, Result};
@@ -43,6 +43,21 @@ pub const HOST_QEMU: &str = "/usr/bin/qemu-system-x86_64";
 pub const HOST_NET_ADDR: &str = "10.0.2.15";
 /// The line the host's init prints when it is ready for commands.
 pub const READY_MARKER: &str = "MEMTIDE-HOST-READY";
+
+/// Seconds between the host's heartbeats on its console.
+pub const HEARTBEAT_EVERY_S: u32 = 2;
+
+/// A host silent for longer than this (no heartbeat) is taken for hung. Generous: a host
+/// whose guests keep its emulated CPUs busy still beats every few seconds.
+pub const HEARTBEAT_STALE: Duration = Duration::from_secs(30);
+
+/// How long the host behind `console` has been silent, if longer than [`HEARTBEAT_STALE`];
+/// None while it beats (or if it never did: nothing to judge by).
+pub(crate) fn host_hung(console: &Console) -> Option<Duration> {
+    console
+        .heartbeat_silence()
+        .filter(|silence| *silence > HEARTBEAT_STALE)
+}
 /// The line the host's init prints when its command loop ends, before powering off.
 pub const END_MARKER: &str = "MEMTIDE-HOST-END";
 
@@ -424,16 +439,16 @@ impl EmulatedHost {
         let line = match host.console.wait_for(READY_MARKER, cfg.boot_timeout) {
             Ok(l) => l,
             Err(ConsoleError::Closed { tail, .. }) => {
-                return Err(Error::HostDied {
-                    reason: "QEMU exited before the host was ready".into(),
+                return Err(Error::host_died(
+                    "QEMU exited before the host was ready",
                     tail,
-                })
+                ))
             }
             Err(ConsoleError::Timeout { tail, waited, .. }) => {
-                return Err(Error::HostDied {
-                    reason: format!("no ready line within {waited:?}"),
+                return Err(Error::host_died(
+                    format!("no ready line within {waited:?}"),
                     tail,
-                })
+                ))
             }
             Err(e) => return Err(e.into()),
         };
@@ -476,13 +491,13 @@ impl EmulatedHost {
                     return Ok(Console::start(&format!("ttyS{slot}"), r, s, Some(log)));
                 }
                 Err(e) if Instant::now() > deadline => {
-                    return Err(Error::HostDied {
-                        reason: format!(
+                    return Err(Error::host_died(
+                        format!(
                             "cannot connect to guest console socket {}: {e}",
                             sock.display()
                         ),
-                        tail: self.console.tail(),
-                    })
+                        self.console.tail(),
+                    ))
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
@@ -521,15 +536,37 @@ impl EmulatedHost {
         sh.check(cmd, timeout).map_err(|e| self.host_error(e))
     }
 
-    /// A closed host console means the host died: say so.
+    /// A closed host console means the host died; a command without its end marker from a
+    /// host whose heartbeat also stopped means the host hung: say so. A command that hangs
+    /// in a host that still beats stays a plain timeout (a real failure).
     fn host_error(&self, e: Error) -> Error {
         match e {
-            Error::Console(ConsoleError::Closed { tail, .. }) => Error::HostDied {
-                reason: "QEMU exited (the host kernel died?)".into(),
+            Error::Console(ConsoleError::Closed { tail, .. }) => {
+                Error::host_died("QEMU exited (the host kernel died?)", tail)
+            }
+            Error::Console(ConsoleError::Timeout {
+                what, waited, tail, ..
+            }) if self.hung().is_some() => Error::host_died(
+                format!(
+                    "no end marker {what} within {waited:?}, and no heartbeat for {:.0?}: the \
+                     host hung",
+                    self.hung().unwrap_or_default()
+                ),
                 tail,
-            },
+            ),
             other => other,
         }
+    }
+
+    /// The process id of the host's QEMU (outside), while it runs.
+    pub fn qemu_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// How long the host has been silent, if longer than [`HEARTBEAT_STALE`] (it prints a
+    /// [`crate::console::HEARTBEAT`] every [`HEARTBEAT_EVERY_S`] seconds while it runs).
+    pub fn hung(&self) -> Option<Duration> {
+        host_hung(&self.console)
     }
 
     /// The path inside the host of an extra binary given by file name.
@@ -607,6 +644,7 @@ impl EmulatedHost {
             console,
             Reaper::InHost {
                 shell: Arc::clone(&self.shell),
+                host_console: self.console.clone(),
                 pgid,
                 slot,
                 slots: Arc::clone(&self.slots),
@@ -703,6 +741,8 @@ ip link set lo up
 echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null
 {net_setup}for s in 1 2 3; do stty -F /dev/ttyS$s raw -echo 2>/dev/null; done
 stty -echo
+# A heartbeat on the console, so the harness tells a hung host from a slow command.
+( while :; do printf '\036{beat}\n'; sleep {every}; done ) </dev/null >/dev/ttyS0 2>&1 &
 kvm=no
 [ -c /dev/kvm ] && kvm=yes
 echo "{READY_MARKER} kvm=$kvm nodes=$(cat /sys/devices/system/node/online) cpus=$(grep -c ^processor /proc/cpuinfo)"
@@ -714,6 +754,8 @@ echo "{END_MARKER}"
 poweroff -f
 "#,
         modules = modules.join(" "),
+        beat = &HEARTBEAT[1..],
+        every = HEARTBEAT_EVERY_S,
     )
 }
 

@@ -5,8 +5,16 @@
 use crate::console::ConsoleError;
 use crate::cpio::CpioError;
 use crate::kmod::KmodError;
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::time::Duration;
+
+thread_local! {
+    /// Set when the harness (in this thread: a test's scenario runs in one) finds the emulated
+    /// host dead and no retry has answered it yet: what
+    /// [`crate::retry::rerun_on_host_death`] looks at after a failed (panicked) scenario.
+    static UNANSWERED_HOST_DEATH: Cell<bool> = const { Cell::new(false) };
+}
 
 /// Errors of the test harness.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +140,21 @@ impl Error {
     /// A host that died or never became ready: the retry policy boots it once more.
     pub fn is_dead_host(&self) -> bool {
         matches!(self, Error::HostDied { .. })
+    }
+
+    /// [`Error::HostDied`], recorded as a host death no retry has answered yet (every dead
+    /// host the harness finds is made here).
+    pub fn host_died(reason: impl Into<String>, tail: impl Into<String>) -> Error {
+        UNANSWERED_HOST_DEATH.set(true);
+        Error::HostDied {
+            reason: reason.into(),
+            tail: tail.into(),
+        }
+    }
+
+    /// Takes the record of an unanswered host death (a retry is about to answer it).
+    pub(crate) fn take_host_death() -> bool {
+        UNANSWERED_HOST_DEATH.replace(false)
     }
 
     pub(crate) fn io(

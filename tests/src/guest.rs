@@ -109,6 +109,8 @@ pub(crate) enum Reaper {
     /// A process group inside the emulated host, killed through the host shell.
     InHost {
         shell: Arc<Mutex<Shell>>,
+        /// The host's console, to tell a hung host by its heartbeat.
+        host_console: Console,
         pgid: u32,
         slot: usize,
         slots: Arc<Mutex<Vec<bool>>>,
@@ -203,6 +205,9 @@ impl Guest {
                 Ok(line)
             }
             (Err(e @ ConsoleError::Closed { .. }), _) => Err(self.closed(e)),
+            (Err(e @ ConsoleError::Timeout { .. }), _) if self.host_hung().is_some() => {
+                Err(self.closed(e))
+            }
             (Err(ConsoleError::Timeout { tail, waited, .. }), _) => Err(Error::GuestSilent {
                 label: self.label.clone(),
                 waited,
@@ -407,17 +412,39 @@ impl Guest {
         }
     }
 
+    /// How long the emulated host behind this guest has been silent, if it hung (see
+    /// [`crate::emulated::HEARTBEAT_STALE`]); None for a running host or a local guest.
+    pub fn host_hung(&self) -> Option<Duration> {
+        match &self.reaper {
+            Some(Reaper::InHost { host_console, .. }) => crate::emulated::host_hung(host_console),
+            _ => None,
+        }
+    }
+
     /// A console that closed: for a guest in the emulated host that is the host's QEMU
     /// exiting (the console is a socket to it), i.e. a dead host; otherwise a plain error.
+    /// A console that timed out while the emulated host stopped beating: a hung host.
     fn closed(&self, e: ConsoleError) -> Error {
         match (&e, &self.reaper) {
-            (ConsoleError::Closed { tail, .. }, Some(Reaper::InHost { .. })) => Error::HostDied {
-                reason: format!(
+            (ConsoleError::Closed { tail, .. }, Some(Reaper::InHost { .. })) => Error::host_died(
+                format!(
                     "guest {}'s console closed: the emulated host's QEMU exited",
                     self.label
                 ),
-                tail: tail.clone(),
-            },
+                tail.clone(),
+            ),
+            (
+                ConsoleError::Timeout { what, waited, .. },
+                Some(Reaper::InHost { host_console, .. }),
+            ) if self.host_hung().is_some() => Error::host_died(
+                format!(
+                    "guest {}: no line {what} within {waited:?}, and the emulated host has \
+                     printed no heartbeat for {:.0?}: the host hung",
+                    self.label,
+                    self.host_hung().unwrap_or_default()
+                ),
+                host_console.tail(),
+            ),
             (ConsoleError::Closed { tail, .. }, _) => Error::GuestDied {
                 label: self.label.clone(),
                 status: " without an exit marker".into(),
@@ -467,11 +494,14 @@ impl Drop for Guest {
             }
             Some(Reaper::InHost {
                 shell,
+                host_console,
                 pgid,
                 slot,
                 slots,
             }) => {
-                if self.exit_status.is_none() {
+                // A hung host cannot kill anything; it is killed whole when it drops.
+                if self.exit_status.is_none() && crate::emulated::host_hung(&host_console).is_none()
+                {
                     let mut sh = shell.lock().unwrap_or_else(|p| p.into_inner());
                     let _ = sh.run(
                         &format!("kill -KILL -- -{pgid} 2>/dev/null; true"),

@@ -113,5 +113,5 @@ pub use guest::{Guest, Report};
 pub use host::{HostKind, KvmHost, Machine, QemuGuest, Selection};
 pub use image::{GuestImage, ImageConfig};
 pub use memtide_guest_agent::protocol;
-pub use retry::{retry_boot, retry_boot_at_most, wait_until, Policy};
+pub use retry::{rerun_on_host_death, retry_boot, retry_boot_at_most, wait_until, Policy};
 pub use timing::{cargo_age, process_age, say, Timeline};

@@ -58,6 +58,10 @@ pub fn retry_boot_at_most<T>(
     loop {
         match boot(attempt) {
             Err(e) if attempt < max && policy.retries(&e) => {
+                if e.is_dead_host() {
+                    // This retry answers the host's death.
+                    Error::take_host_death();
+                }
                 let first = e.to_string();
                 let first = first.lines().next().unwrap_or("");
                 say(&format!(
@@ -66,6 +70,31 @@ pub fn retry_boot_at_most<T>(
                 attempt += 1;
             }
             other => return other,
+        }
+    }
+}
+
+/// Runs a whole test scenario that starts its own emulated host (`scenario(run)`, run counts
+/// from 1) and, when it fails (panics or errs) after the harness found that host dead (QEMU
+/// exited, or the host stopped beating: [`Error::host_died`]) with no retry answering it, runs
+/// it once more on a fresh host, saying so: a host that dies mid-test is a dead boot, not a
+/// result. A scenario that fails while its host lives fails at once (never retried).
+pub fn rerun_on_host_death<T>(what: &str, mut scenario: impl FnMut(u32) -> T) -> T {
+    let mut run = 1;
+    loop {
+        Error::take_host_death();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(run)));
+        match outcome {
+            Err(_) if run < HOST_BOOTS && Error::take_host_death() => {
+                say(&format!(
+                    "{what}: the emulated host died during run {run} (above); running the \
+                     test again on a fresh host (run {} of at most {HOST_BOOTS})",
+                    run + 1
+                ));
+                run += 1;
+            }
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(v) => return v,
         }
     }
 }
@@ -149,10 +178,7 @@ mod tests {
         let mut n = 0;
         let _ = retry_boot::<()>("h", Policy::Host, |_| {
             n += 1;
-            Err(Error::HostDied {
-                reason: "x".into(),
-                tail: String::new(),
-            })
+            Err(Error::host_died("x", ""))
         });
         assert_eq!(n, 2);
     }
@@ -167,6 +193,60 @@ mod tests {
             });
             assert_eq!(n, expected, "max {max}");
         }
+    }
+
+    #[test]
+    fn a_scenario_is_run_again_only_after_its_host_died() {
+        // Dies once (the harness found the host dead), then passes: two runs.
+        let mut runs = Vec::new();
+        let v = rerun_on_host_death("t", |run| {
+            runs.push(run);
+            if run == 1 {
+                let e = Error::host_died("hung", "");
+                panic!("scenario failed: {e}");
+            }
+            7
+        });
+        assert_eq!((v, runs), (7, vec![1, 2]));
+        // A failure while the host lives (a wrong result) is not run again.
+        let mut n = 0;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rerun_on_host_death("t", |_| {
+                n += 1;
+                panic!("wrong pattern")
+            })
+        }));
+        assert!(r.is_err());
+        assert_eq!(n, 1);
+        // A host that keeps dying: at most HOST_BOOTS runs, then the failure stands.
+        let mut n = 0;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rerun_on_host_death("t", |_| {
+                n += 1;
+                let e = Error::host_died("dead", "");
+                panic!("{e}")
+            })
+        }));
+        assert!(r.is_err());
+        assert_eq!(n, HOST_BOOTS);
+        // A death a retry already answered does not make a later failure a dead boot.
+        let mut n = 0;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rerun_on_host_death("t", |_| {
+                n += 1;
+                let booted = retry_boot("h", Policy::Host, |a| {
+                    if a == 1 {
+                        Err(Error::host_died("first boot dead", ""))
+                    } else {
+                        Ok(a)
+                    }
+                });
+                assert_eq!(booted.ok(), Some(2));
+                panic!("wrong size")
+            })
+        }));
+        assert!(r.is_err());
+        assert_eq!(n, 1);
     }
 
     #[test]

@@ -139,8 +139,15 @@ fn cli(memtide: &std::path::Path, args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// A host that dies mid-test (not a result) runs the test again once on a fresh host.
 #[test]
 fn api_creates_and_drives_two_vms_from_outside_the_host() {
+    memtide_testbed::rerun_on_host_death("api_e2e", |_| {
+        api_creates_and_drives_two_vms_from_outside_the_host_on_a_fresh_host()
+    });
+}
+
+fn api_creates_and_drives_two_vms_from_outside_the_host_on_a_fresh_host() {
     let mut t = Timeline::new("api-e2e");
     let memtide_local = memtide_binary();
     let image = GuestImage::ensure().expect("guest image");

@@ -35,8 +35,15 @@ fn mem_total_when(
     }
 }
 
+/// A host that dies mid-test (not a result) runs the test again once on a fresh host.
 #[test]
 fn balloon_inflates_gives_memory_back_and_deflates() {
+    memtide_testbed::rerun_on_host_death("balloon", |_| {
+        balloon_inflates_gives_memory_back_and_deflates_on_a_fresh_host()
+    });
+}
+
+fn balloon_inflates_gives_memory_back_and_deflates_on_a_fresh_host() {
     let mut t = Timeline::new("balloon");
     let image = GuestImage::ensure().expect("guest image");
     let cfg = HostConfig {

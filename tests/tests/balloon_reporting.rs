@@ -103,8 +103,16 @@ fn settle_reports(host: &KvmHost, cli: &BalloonCli) -> String {
     }
 }
 
+/// A host that dies mid-test (not a result) runs the test again once on a fresh host.
 #[test]
 fn free_page_reporting_gives_freed_memory_back_and_deflate_on_oom_saves_the_guest() {
+    memtide_testbed::rerun_on_host_death("balloon_reporting", |_| {
+        free_page_reporting_gives_freed_memory_back_and_deflate_on_oom_saves_the_guest_on_a_fresh_host()
+    });
+}
+
+fn free_page_reporting_gives_freed_memory_back_and_deflate_on_oom_saves_the_guest_on_a_fresh_host()
+{
     let mut t = Timeline::new("balloon-reporting");
     let image = GuestImage::ensure().expect("guest image");
     let cfg = HostConfig {

@@ -75,8 +75,15 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
     Ok(body)
 }
 
+/// A host that dies mid-test (not a result) runs the test again once on a fresh host.
 #[test]
 fn emulated_host_forwards_a_port_carries_binaries_and_runs_two_guests() {
+    memtide_testbed::rerun_on_host_death("host_features", |_| {
+        emulated_host_forwards_a_port_carries_binaries_and_runs_two_guests_on_a_fresh_host()
+    });
+}
+
+fn emulated_host_forwards_a_port_carries_binaries_and_runs_two_guests_on_a_fresh_host() {
     let mut t = Timeline::new("host-features");
     let image = GuestImage::ensure().unwrap_or_else(|e| panic!("guest image: {e}"));
     let cpio =
@@ -209,4 +216,46 @@ fn emulated_host_forwards_a_port_carries_binaries_and_runs_two_guests() {
         );
     }
     t.mark("both guests powered off");
+
+    // The host beats on its console; the beats never reach the lines commands read.
+    let emulated = host.emulated().expect("the emulated host");
+    let console = emulated.console();
+    assert!(
+        console
+            .heartbeat_silence()
+            .is_some_and(|s| s < Duration::from_secs(15)),
+        "the host's heartbeat arrives: {:?}",
+        console.heartbeat_silence()
+    );
+    assert!(
+        !console
+            .lines_since(0)
+            .iter()
+            .any(|l| l.text.contains("MEMTIDE-HEARTBEAT")),
+        "no heartbeat in the console's lines"
+    );
+    assert_eq!(emulated.hung(), None);
+    // A command that hangs in a live host is a plain failure, not a dead host.
+    let e = host
+        .run("sleep 6", Duration::from_secs(2))
+        .expect_err("the command outlives its timeout");
+    assert!(!e.is_dead_host(), "a live host is not dead: {e}");
+    std::thread::sleep(Duration::from_secs(5));
+    host.check("true", t60).unwrap_or_else(|e| panic!("{e}"));
+    // A host that stops (its QEMU frozen) is found dead by its missing heartbeat.
+    let qemu = emulated.qemu_pid().expect("QEMU runs");
+    say(&format!(
+        "freezing the emulated host (SIGSTOP to QEMU pid {qemu})"
+    ));
+    // SAFETY: kill(2) with a pid this test started (the host's QEMU, still our child).
+    let stopped = unsafe { libc::kill(qemu as libc::pid_t, libc::SIGSTOP) };
+    assert_eq!(stopped, 0, "SIGSTOP to QEMU");
+    let wait = memtide_testbed::emulated::HEARTBEAT_STALE + Duration::from_secs(5);
+    let e = host
+        .run("true", wait)
+        .expect_err("a frozen host answers nothing");
+    // SAFETY: as above.
+    unsafe { libc::kill(qemu as libc::pid_t, libc::SIGCONT) };
+    assert!(e.is_dead_host(), "a frozen host is dead: {e}");
+    t.mark("a frozen host was found dead");
 }

@@ -269,8 +269,15 @@ fn shrink_in_use_is_partial(
     Ok(())
 }
 
+/// A host that dies mid-test (not a result) runs the test again once on a fresh host.
 #[test]
 fn guest_grows_to_1g_and_back_through_virtio_mem() {
+    memtide_testbed::rerun_on_host_death("hotplug", |_| {
+        guest_grows_to_1g_and_back_through_virtio_mem_on_a_fresh_host()
+    });
+}
+
+fn guest_grows_to_1g_and_back_through_virtio_mem_on_a_fresh_host() {
     let mut t = Timeline::new("hotplug");
     let memtide_local = memtide_binary();
     let image = GuestImage::ensure().expect("guest image");

@@ -243,8 +243,15 @@ fn check_point(
     Ok(())
 }
 
+/// A host that dies mid-test (not a result) runs the test again once on a fresh host.
 #[test]
 fn random_resizes_across_three_guests_keep_the_pool_exact() {
+    memtide_testbed::rerun_on_host_death("resize_random", |_| {
+        random_resizes_across_three_guests_keep_the_pool_exact_on_a_fresh_host()
+    });
+}
+
+fn random_resizes_across_three_guests_keep_the_pool_exact_on_a_fresh_host() {
     let mut t = Timeline::new("resize_random");
     let seed = std::env::var("MEMTIDE_RANDOM_SEED")
         .ok()

@@ -249,8 +249,15 @@ fn bad_configs(host: &KvmHost, memtide: &str) -> Result<()> {
     Ok(())
 }
 
+/// A host that dies mid-test (not a result) runs the test again once on a fresh host.
 #[test]
 fn memtide_boots_the_guest_image_with_smp_and_numa() {
+    memtide_testbed::rerun_on_host_death("vmm_boot", |_| {
+        memtide_boots_the_guest_image_with_smp_and_numa_on_a_fresh_host()
+    });
+}
+
+fn memtide_boots_the_guest_image_with_smp_and_numa_on_a_fresh_host() {
     let mut t = Timeline::new("vmm-boot");
     let memtide_local = memtide_binary();
     t.mark("memtide built");

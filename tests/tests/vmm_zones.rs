@@ -59,8 +59,15 @@ impl Case {
     }
 }
 
+/// A host that dies mid-test (not a result) runs the test again once on a fresh host.
 #[test]
 fn allocator_predicts_the_guests_zoneinfo() {
+    memtide_testbed::rerun_on_host_death("vmm_zones", |_| {
+        allocator_predicts_the_guests_zoneinfo_on_a_fresh_host()
+    });
+}
+
+fn allocator_predicts_the_guests_zoneinfo_on_a_fresh_host() {
     let mut t = Timeline::new("vmm-zones");
     let memtide_local = memtide_binary();
     let image = GuestImage::ensure().expect("guest image");
