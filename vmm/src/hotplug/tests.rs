@@ -85,6 +85,44 @@ fn accessible(f: &Fixture, off: u64) -> bool {
     })
 }
 
+/// Takes every free ZONE_MOVABLE page as order-0 blocks, then gives back `pages` of them,
+/// every other page of a stretch: no block of order >= 1 is free there. Returns the pages
+/// kept (the caller frees them).
+fn fragment(f: &Fixture, pages: u64) -> Vec<memtide_allocator::Pfn> {
+    let pool = f.pool.pool();
+    let mut taken = Vec::new();
+    loop {
+        let r = pool.alloc(memtide_allocator::buddy::AllocRequest {
+            order: memtide_allocator::Order(0),
+            migratetype: memtide_allocator::MigrateType::Movable,
+            node: NodeId(0),
+            highest_zone: Some(ZoneType::Movable),
+        });
+        match r {
+            Ok(p) => taken.push(p),
+            Err(_) => break,
+        }
+    }
+    let (zs, ze) = movable_range(f);
+    taken.sort_by_key(|p| p.0);
+    let mut kept = Vec::new();
+    let mut given = 0u64;
+    for p in taken {
+        if p.0 % 2 == 0 && given < pages && p.0 >= zs && p.0 < ze {
+            pool.free(p, memtide_allocator::Order(0)).expect("free");
+            given += 1;
+        } else {
+            kept.push(p);
+        }
+    }
+    kept
+}
+
+/// Pages of pool memory behind the backend's plugged blocks.
+fn pool_pages(b: &PoolMemoryBackend) -> u64 {
+    b.pool_blocks().iter().map(|&(_, o)| 1u64 << o).sum()
+}
+
 #[test]
 fn plug_maps_movable_pool_memory_and_unplug_gives_it_back() {
     let f = fixture();
@@ -154,33 +192,7 @@ fn fragmented_zone_plugs_from_smaller_blocks() {
     let f = fixture();
     let pool = f.pool.pool().clone();
     let before = free_pages(&f);
-    // Take every free ZONE_MOVABLE page as order-0 blocks, then give back every other
-    // one of a stretch: no block of order >= 1 is free there.
-    let mut taken = Vec::new();
-    loop {
-        let r = pool.alloc(memtide_allocator::buddy::AllocRequest {
-            order: memtide_allocator::Order(0),
-            migratetype: memtide_allocator::MigrateType::Movable,
-            node: NodeId(0),
-            highest_zone: Some(ZoneType::Movable),
-        });
-        match r {
-            Ok(p) => taken.push(p),
-            Err(_) => break,
-        }
-    }
-    let (zs, ze) = movable_range(&f);
-    taken.sort_by_key(|p| p.0);
-    let mut kept = Vec::new();
-    let mut given = 0u64;
-    for p in taken {
-        if p.0 % 2 == 0 && given < 1024 && p.0 >= zs && p.0 < ze {
-            pool.free(p, memtide_allocator::Order(0)).expect("free");
-            given += 1;
-        } else {
-            kept.push(p);
-        }
-    }
+    let kept = fragment(&f, 1024);
     let mut b = backend(&f, 2 << 20);
     b.plug(GuestAddress(START), 2 << 20)
         .expect("one block from 512 single pages");
@@ -364,5 +376,169 @@ fn blocks_larger_than_the_pools_largest_order_take_several_pool_blocks() {
         .expect("unplug the second");
     assert!(!accessible(&f, 16 << 20) && accessible(&f, 8 << 20));
     drop(b);
+    assert_eq!(free_pages(&f), before);
+}
+
+#[test]
+fn a_request_takes_one_mmap_and_one_punch_per_contiguous_stretch() {
+    let f = fixture();
+    let before = free_pages(&f);
+    let big = reserve(&f.host, 0, 256 << 20, 0).expect("reserve");
+    let mut b = PoolMemoryBackend::new(f.pool.clone(), f.host.clone(), 0, big, START, 2 << 20)
+        .expect("backend");
+    // A fresh zone hands out 64 adjacent order-9 blocks: the 128 MiB request (64 device
+    // blocks) is one stretch of the memfd, mapped and punched with one call each (it was 64
+    // of each, plus 64 madvise).
+    b.plug(GuestAddress(START), 128 << 20)
+        .expect("plug 128 MiB");
+    assert_eq!(
+        b.hooks().take_counts(),
+        (1, 1),
+        "(mmap, fallocate) for the plug"
+    );
+    assert_eq!(pool_pages(&b) * PAGE_SIZE, b.plugged_bytes());
+    assert_eq!(before - free_pages(&f), (128 << 20) / PAGE_SIZE);
+    // Unplugging a stretch from the middle: one mmap over it, one punch (its pool blocks are
+    // adjacent too).
+    b.unplug(GuestAddress(START + (32 << 20)), 32 << 20)
+        .expect("unplug 32 MiB");
+    assert_eq!(
+        b.hooks().take_counts(),
+        (1, 1),
+        "(mmap, fallocate) for the unplug"
+    );
+    assert_eq!(pool_pages(&b) * PAGE_SIZE, 96 << 20);
+    assert_eq!(before - free_pages(&f), (96 << 20) / PAGE_SIZE);
+    // Teardown: one mmap per plugged stretch of the region (two), punches per memfd stretch.
+    b.release_all();
+    let (mmaps, punches) = b.hooks().take_counts();
+    assert_eq!(mmaps, 2);
+    assert!((1..=2).contains(&punches), "{punches} punches");
+    assert_eq!(free_pages(&f), before);
+    f.pool.pool().validate().expect("pool consistent");
+}
+
+#[test]
+fn coalesced_blocks_read_zeros_are_writable_across_boundaries_and_unplug_alone() {
+    const BLOCK: u64 = 2 << 20;
+    let f = fixture();
+    let before = free_pages(&f);
+    let mut b = backend(&f, BLOCK);
+    let stamp = |off: u64| (off / PAGE_SIZE % 251) as u8 + 1;
+    b.plug(GuestAddress(START), 16 << 20)
+        .expect("plug 8 blocks");
+    for off in (0..16 << 20).step_by(PAGE_SIZE as usize) {
+        assert_eq!(read(&f, off), 0, "fresh page at {off:#x}");
+        write(&f, off, stamp(off));
+    }
+    // One copy across every block boundary lands on both sides.
+    let pattern = [0x5au8; 8192];
+    for i in 1..8 {
+        let at = i * BLOCK - 4096;
+        // SAFETY: `at..at+8192` lies in the plugged part of the region.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                pattern.as_ptr(),
+                f.region.as_ptr().add(at as usize),
+                pattern.len(),
+            )
+        };
+        assert_eq!((read(&f, at), read(&f, at + 8191)), (0x5a, 0x5a));
+        write(&f, at, stamp(at));
+        write(&f, at + 4096, stamp(at + 4096));
+    }
+    // Unplugging block 3 alone leaves its neighbours' data and pool blocks alone.
+    b.unplug(GuestAddress(START + 3 * BLOCK), BLOCK)
+        .expect("unplug block 3");
+    assert!(!accessible(&f, 3 * BLOCK) && !accessible(&f, 4 * BLOCK - 1));
+    for off in (0..16 << 20)
+        .step_by(PAGE_SIZE as usize)
+        .filter(|o| o / BLOCK != 3)
+    {
+        assert_eq!(read(&f, off), stamp(off), "page at {off:#x}");
+    }
+    assert_eq!(pool_pages(&b) * PAGE_SIZE, 14 << 20);
+    assert_eq!(before - free_pages(&f), (14 << 20) / PAGE_SIZE);
+    // Everything back, and plugged again: the same pool pages, punched, read zeros.
+    b.unplug(GuestAddress(START), 3 * BLOCK)
+        .expect("unplug 0-2");
+    b.unplug(GuestAddress(START + 4 * BLOCK), 4 * BLOCK)
+        .expect("unplug 4-7");
+    assert_eq!(free_pages(&f), before);
+    b.plug(GuestAddress(START), 16 << 20)
+        .expect("plug 8 blocks again");
+    for off in (0..16 << 20).step_by(PAGE_SIZE as usize) {
+        assert_eq!(read(&f, off), 0, "replugged page at {off:#x}");
+    }
+    drop(b);
+    assert_eq!(free_pages(&f), before);
+    f.pool.pool().validate().expect("pool consistent");
+}
+
+#[test]
+fn a_failed_mmap_midway_through_a_plug_changes_nothing() {
+    let f = fixture();
+    let before = free_pages(&f);
+    // 2048 single pages, no two adjacent: every page of the request is its own run.
+    let kept = fragment(&f, 2048);
+    let fragmented = free_pages(&f);
+    let mut b = backend(&f, 2 << 20);
+    b.plug(GuestAddress(START + (2 << 20)), 2 << 20)
+        .expect("plug a neighbour");
+    write(&f, 2 << 20, 0x77);
+    let with_neighbour = free_pages(&f);
+    b.hooks().take_counts();
+    b.hooks().fail_mmap_after(300);
+    let err = b
+        .plug(GuestAddress(START + (4 << 20)), 4 << 20)
+        .expect_err("the 301st mmap fails");
+    assert!(matches!(err, BackendError::Host { .. }), "{err:?}");
+    let (mmaps, _) = b.hooks().take_counts();
+    assert!(mmaps >= 300, "{mmaps} mmaps: the failure came midway");
+    assert_eq!(free_pages(&f), with_neighbour, "no pool page leaked");
+    assert_eq!(b.plugged_bytes(), 2 << 20);
+    assert_eq!(pool_pages(&b), 512);
+    assert!(!accessible(&f, 4 << 20) && !accessible(&f, (8 << 20) - 1));
+    assert!(!accessible(&f, 5 << 20));
+    assert_eq!(read(&f, 2 << 20), 0x77, "the neighbour is untouched");
+    f.pool.pool().validate().expect("pool consistent");
+    // The same request succeeds now and reads zeros.
+    b.plug(GuestAddress(START + (4 << 20)), 4 << 20)
+        .expect("plug");
+    assert_eq!((read(&f, 4 << 20), read(&f, (8 << 20) - 1)), (0, 0));
+    drop(b);
+    assert_eq!(free_pages(&f), fragmented);
+    for p in kept {
+        f.pool
+            .pool()
+            .free(p, memtide_allocator::Order(0))
+            .expect("free");
+    }
+    assert_eq!(free_pages(&f), before);
+    f.pool.pool().validate().expect("pool consistent");
+}
+
+#[test]
+fn a_failed_unplug_keeps_every_block_mapped_with_its_data() {
+    let f = fixture();
+    let before = free_pages(&f);
+    let mut b = backend(&f, 2 << 20);
+    b.plug(GuestAddress(START), 6 << 20).expect("plug 3 blocks");
+    for i in 0..6u64 {
+        write(&f, i << 20, i as u8 + 1);
+    }
+    let plugged = free_pages(&f);
+    let blocks = b.pool_blocks();
+    b.hooks().fail_mmap_after(0);
+    b.unplug(GuestAddress(START), 6 << 20)
+        .expect_err("making the range inaccessible fails");
+    assert_eq!(b.plugged_bytes(), 6 << 20);
+    assert_eq!(b.pool_blocks(), blocks);
+    assert_eq!(free_pages(&f), plugged);
+    for i in 0..6u64 {
+        assert!(accessible(&f, i << 20));
+        assert_eq!(read(&f, i << 20), i as u8 + 1);
+    }
+    b.unplug(GuestAddress(START), 6 << 20).expect("unplug");
     assert_eq!(free_pages(&f), before);
 }
