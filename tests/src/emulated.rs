@@ -53,10 +53,35 @@ pub const HEARTBEAT_STALE: Duration = Duration::from_secs(30);
 
 /// How long the host behind `console` has been silent, if longer than [`HEARTBEAT_STALE`];
 /// None while it beats (or if it never did: nothing to judge by).
-pub(crate) fn host_hung(console: &Console) -> Option<Duration> {
+pub(crate) fn host_silence(console: &Console) -> Option<Duration> {
     console
         .heartbeat_silence()
         .filter(|silence| *silence > HEARTBEAT_STALE)
+}
+
+/// What the host's kernel prints (at `dmesg -n 1`, emergencies only) when it is no longer fit
+/// to run guests: a CPU stuck for tens of seconds, a panic, an oops.
+const KERNEL_TROUBLE: &[&str] = &[
+    "BUG: soft lockup",
+    "hard LOCKUP",
+    "self-detected stall",
+    "Kernel panic",
+    "BUG: kernel NULL pointer",
+    "BUG: TASK stack guard page",
+    "Oops:",
+];
+
+/// Why the host behind `console` is dead though its QEMU runs: silent for longer than
+/// [`HEARTBEAT_STALE`], or its kernel reported a lockup, panic or oops. None for a healthy host.
+pub(crate) fn host_trouble(console: &Console) -> Option<String> {
+    if let Some(silence) = host_silence(console) {
+        return Some(format!("has printed no heartbeat for {silence:.0?}"));
+    }
+    console
+        .lines_since(0)
+        .into_iter()
+        .find(|l| KERNEL_TROUBLE.iter().any(|k| l.text.contains(k)))
+        .map(|l| format!("kernel reported {:?}", l.text.trim()))
 }
 /// The line the host's init prints when its command loop ends, before powering off.
 pub const END_MARKER: &str = "MEMTIDE-HOST-END";
@@ -537,7 +562,7 @@ impl EmulatedHost {
     }
 
     /// A closed host console means the host died; a command without its end marker from a
-    /// host whose heartbeat also stopped means the host hung: say so. A command that hangs
+    /// host in [`EmulatedHost::trouble`] (silent, or its kernel stuck) means it hung: say so. A command that hangs
     /// in a host that still beats stays a plain timeout (a real failure).
     fn host_error(&self, e: Error) -> Error {
         match e {
@@ -546,11 +571,10 @@ impl EmulatedHost {
             }
             Error::Console(ConsoleError::Timeout {
                 what, waited, tail, ..
-            }) if self.hung().is_some() => Error::host_died(
+            }) if self.trouble().is_some() => Error::host_died(
                 format!(
-                    "no end marker {what} within {waited:?}, and no heartbeat for {:.0?}: the \
-                     host hung",
-                    self.hung().unwrap_or_default()
+                    "no end marker {what} within {waited:?}, and the host {}",
+                    self.trouble().unwrap_or_default()
                 ),
                 tail,
             ),
@@ -563,10 +587,11 @@ impl EmulatedHost {
         self.child.as_ref().map(Child::id)
     }
 
-    /// How long the host has been silent, if longer than [`HEARTBEAT_STALE`] (it prints a
-    /// [`crate::console::HEARTBEAT`] every [`HEARTBEAT_EVERY_S`] seconds while it runs).
-    pub fn hung(&self) -> Option<Duration> {
-        host_hung(&self.console)
+    /// Why the host is dead though its QEMU runs, if it is: it prints a
+    /// [`crate::console::HEARTBEAT`] every [`HEARTBEAT_EVERY_S`] seconds while it runs and was
+    /// silent for longer than [`HEARTBEAT_STALE`], or its kernel reported a lockup or panic.
+    pub fn trouble(&self) -> Option<String> {
+        host_trouble(&self.console)
     }
 
     /// The path inside the host of an extra binary given by file name.

@@ -205,7 +205,7 @@ impl Guest {
                 Ok(line)
             }
             (Err(e @ ConsoleError::Closed { .. }), _) => Err(self.closed(e)),
-            (Err(e @ ConsoleError::Timeout { .. }), _) if self.host_hung().is_some() => {
+            (Err(e @ ConsoleError::Timeout { .. }), _) if self.host_trouble().is_some() => {
                 Err(self.closed(e))
             }
             (Err(ConsoleError::Timeout { tail, waited, .. }), _) => Err(Error::GuestSilent {
@@ -412,11 +412,13 @@ impl Guest {
         }
     }
 
-    /// How long the emulated host behind this guest has been silent, if it hung (see
-    /// [`crate::emulated::HEARTBEAT_STALE`]); None for a running host or a local guest.
-    pub fn host_hung(&self) -> Option<Duration> {
+    /// Why the emulated host behind this guest is dead though its QEMU runs (see
+    /// [`crate::EmulatedHost::trouble`]); None for a healthy host or a local guest.
+    pub fn host_trouble(&self) -> Option<String> {
         match &self.reaper {
-            Some(Reaper::InHost { host_console, .. }) => crate::emulated::host_hung(host_console),
+            Some(Reaper::InHost { host_console, .. }) => {
+                crate::emulated::host_trouble(host_console)
+            }
             _ => None,
         }
     }
@@ -436,12 +438,11 @@ impl Guest {
             (
                 ConsoleError::Timeout { what, waited, .. },
                 Some(Reaper::InHost { host_console, .. }),
-            ) if self.host_hung().is_some() => Error::host_died(
+            ) if self.host_trouble().is_some() => Error::host_died(
                 format!(
-                    "guest {}: no line {what} within {waited:?}, and the emulated host has \
-                     printed no heartbeat for {:.0?}: the host hung",
+                    "guest {}: no line {what} within {waited:?}, and the emulated host {}",
                     self.label,
-                    self.host_hung().unwrap_or_default()
+                    self.host_trouble().unwrap_or_default()
                 ),
                 host_console.tail(),
             ),
@@ -500,7 +501,8 @@ impl Drop for Guest {
                 slots,
             }) => {
                 // A hung host cannot kill anything; it is killed whole when it drops.
-                if self.exit_status.is_none() && crate::emulated::host_hung(&host_console).is_none()
+                if self.exit_status.is_none()
+                    && crate::emulated::host_silence(&host_console).is_none()
                 {
                     let mut sh = shell.lock().unwrap_or_else(|p| p.into_inner());
                     let _ = sh.run(

@@ -234,7 +234,7 @@ fn emulated_host_forwards_a_port_carries_binaries_and_runs_two_guests_on_a_fresh
             .any(|l| l.text.contains("MEMTIDE-HEARTBEAT")),
         "no heartbeat in the console's lines"
     );
-    assert_eq!(emulated.hung(), None);
+    assert_eq!(emulated.trouble(), None);
     // A command that hangs in a live host is a plain failure, not a dead host.
     let e = host
         .run("sleep 6", Duration::from_secs(2))
