@@ -736,32 +736,57 @@ impl ControlPlane {
         for &(n, t) in &shrink {
             ha.set_requested(n, t).map_err(ControlError::Internal)?;
         }
+        // B grows as A's blocks come back, in B's block granularity: B is granted at most what
+        // A has released so far, and A's guest offlining its next blocks overlaps B's guest
+        // onlining the ones already moved (the move is not shrink time plus grow time).
+        let block = db
+            .iter()
+            .map(|d| d.block_size)
+            .max()
+            .unwrap_or(RAM_ALIGN)
+            .max(1);
         let deadline = Instant::now() + Duration::from_secs(req.wait_secs);
-        let released = loop {
-            let r = before.saturating_sub(plugged(ha)).min(req.size);
-            if r >= req.size || Instant::now() >= deadline || a.state() == VmState::Stopped {
-                break r;
+        let mut granted = 0;
+        let stopped = loop {
+            let released = before.saturating_sub(plugged(ha)).min(req.size);
+            if a.state() == VmState::Stopped {
+                break true;
+            }
+            let grantable = released - released % block;
+            if grantable > granted {
+                // Planned from B's devices before the move, so targets only ever rise.
+                for (n, t) in resize::plan_grow(&b.id, &db, req.to_node, grantable)? {
+                    hb.set_requested(n, t).map_err(ControlError::Internal)?;
+                }
+                granted = grantable;
+                self.kick_busy();
+            }
+            if released >= req.size || Instant::now() >= deadline {
+                break false;
             }
             std::thread::sleep(Duration::from_millis(20));
         };
         self.kick_busy();
-        if a.state() == VmState::Stopped {
-            // A died or powered off while giving memory back: what it held went back to the
-            // pool with its teardown, not through the guest; that is no move, so B is not
-            // grown and the caller hears that A stopped.
-            return Err(ControlError::WrongState {
-                id: a.id.clone(),
-                state: "stopped",
-                verb: "finish giving memory (it stopped during the rebalance; its memory went back to the pool and nothing moved)",
+        if stopped {
+            // A died or powered off while giving memory back: what it still held went back to
+            // the pool with its teardown, not through the guest; that is no move, and the
+            // caller hears that A stopped. What its guest had released before is B's.
+            return Err(if granted == 0 {
+                ControlError::WrongState {
+                    id: a.id.clone(),
+                    state: "stopped",
+                    verb: "finish giving memory (it stopped during the rebalance; its memory went back to the pool and nothing moved)",
+                }
+            } else {
+                ControlError::WrongState {
+                    id: a.id.clone(),
+                    state: "stopped",
+                    verb: "finish giving memory (it stopped during the rebalance; what it had released before moved to the target VM, the rest went back to the pool)",
+                }
             });
         }
-        let block = db.iter().map(|d| d.block_size).max().unwrap_or(RAM_ALIGN);
-        let moved = released - released % block.max(1);
+        let moved = granted;
         if moved > 0 {
-            let grow = resize::plan_grow(&b.id, &hb.nodes(), req.to_node, moved)?;
-            for &(n, t) in &grow {
-                hb.set_requested(n, t).map_err(ControlError::Internal)?;
-            }
             b.wait_plugged(deadline.saturating_duration_since(Instant::now()));
         }
         Ok(RebalanceResult {

@@ -112,13 +112,8 @@ pub struct FakeHotplug {
 
 impl FakeHotplug {
     fn settle(&self, n: &mut FakeNode) {
-        let pinned = self.pinned.load(Ordering::SeqCst) / FAKE_BLOCK;
+        self.unplug_unpinned(n);
         let want = (n.requested / FAKE_BLOCK) as usize;
-        while n.blocks.len() > want && n.blocks.len() as u64 > pinned {
-            if let Some(pfn) = n.blocks.pop() {
-                let _ = self.pool.pool().free(pfn, Order(9));
-            }
-        }
         while n.blocks.len() < want {
             let req = AllocRequest {
                 order: Order(9),
@@ -129,6 +124,17 @@ impl FakeHotplug {
             match self.pool.pool().alloc(req) {
                 Ok(p) => n.blocks.push(p),
                 Err(_) => break,
+            }
+        }
+    }
+
+    /// Unplugs down to the target as far as the pinned memory allows.
+    fn unplug_unpinned(&self, n: &mut FakeNode) {
+        let pinned = self.pinned.load(Ordering::SeqCst) / FAKE_BLOCK;
+        let want = (n.requested / FAKE_BLOCK) as usize;
+        while n.blocks.len() > want && n.blocks.len() as u64 > pinned {
+            if let Some(pfn) = n.blocks.pop() {
+                let _ = self.pool.pool().free(pfn, Order(9));
             }
         }
     }
@@ -145,7 +151,11 @@ impl FakeHotplug {
 
 impl HotplugMemory for FakeHotplug {
     fn nodes(&self) -> Vec<HotplugNode> {
-        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        // The guest keeps giving back what it was asked to (memory the test unpinned).
+        for n in nodes.values_mut() {
+            self.unplug_unpinned(n);
+        }
         nodes
             .iter()
             .map(|(&g, n)| HotplugNode {

@@ -291,6 +291,68 @@ fn partial_shrink_reports_what_moved() {
 }
 
 #[test]
+fn rebalance_grows_the_target_as_the_source_gives_back() {
+    let pinned = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let cfg = PlaneConfig {
+        nodes: Some(vec![(0, 1 << 30)]),
+        movablecore: Some("50%".into()),
+        ..PlaneConfig::default()
+    };
+    let launcher = FakeLauncher {
+        hotplug: true,
+        pinned: pinned.clone(),
+    };
+    let p = ControlPlane::new(&cfg, Box::new(launcher)).expect("plane");
+    create(&p, "a", 64 * M, 256 * M).expect("a");
+    create(&p, "b", 64 * M, 256 * M).expect("b");
+    p.resize(&ResizeVm {
+        id: "a".into(),
+        node: None,
+        size: 64 * M + 128 * M,
+        wait_secs: 1,
+    })
+    .expect("grow");
+    // A's guest gives back 28 MiB at once and holds the other 100 MiB until unpinned.
+    pinned.store(100 * M, std::sync::atomic::Ordering::SeqCst);
+    let m = std::thread::scope(|scope| {
+        let mover = scope.spawn(|| {
+            p.rebalance(&Rebalance {
+                from: "a".into(),
+                to: "b".into(),
+                size: 128 * M,
+                from_node: None,
+                to_node: None,
+                wait_secs: 20,
+            })
+        });
+        // B already has what A released, while A still holds the rest.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let b = p.vm_info("b").expect("b");
+            if b.nodes[0].requested == 28 * M {
+                assert_eq!(b.nodes[0].plugged, 28 * M);
+                assert_eq!(p.vm_info("a").expect("a").nodes[0].plugged, 100 * M);
+                break;
+            }
+            assert!(b.nodes[0].requested < 28 * M, "never more than released");
+            assert!(std::time::Instant::now() < deadline, "b not grown early");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let audit = p.audit_pool();
+        assert!(audit.consistent, "{:?}", audit.problems);
+        pinned.store(0, std::sync::atomic::Ordering::SeqCst);
+        mover.join().expect("mover")
+    })
+    .expect("move");
+    assert!(m.complete);
+    assert_eq!(m.moved, 128 * M);
+    assert_eq!(
+        (m.from.nodes[0].plugged, m.to.nodes[0].plugged),
+        (0, 128 * M)
+    );
+}
+
+#[test]
 fn handle_dispatches_every_verb() {
     let p = plane(true);
     let vm = |id: &str| VmRef { id: id.into() };
