@@ -117,6 +117,9 @@ pub(crate) enum Reaper {
     },
 }
 
+/// How often a wait for a guest in the emulated host looks at the host's health.
+const HOST_CHECK_EVERY: Duration = Duration::from_secs(10);
+
 /// A running guest; see the module docs. Dropping it kills the VMM (by pid/process group).
 #[derive(Debug)]
 pub struct Guest {
@@ -182,15 +185,37 @@ impl Guest {
 
     /// Waits for the agent's `ready` line. A VMM exit first is [`Error::GuestDied`], nothing
     /// within `timeout` is [`Error::GuestSilent`]: both are what [`crate::retry`] retries.
+    /// A guest in an emulated host that stops beating (or reports a lockup) meanwhile ends the
+    /// wait early as [`Error::HostDied`].
     pub fn wait_agent(&mut self, timeout: Duration) -> Result<Line> {
         let mut exit = None;
-        let res = self.console.wait_for_line("agent ready", timeout, |l| {
-            if let Some(s) = exit_status_of(l) {
-                exit = Some(s);
-                return true;
+        let deadline = Instant::now() + timeout;
+        let res = loop {
+            // In slices, to look at the host's health in between.
+            let slice = deadline
+                .saturating_duration_since(Instant::now())
+                .min(HOST_CHECK_EVERY);
+            let res = self.console.wait_for_line("agent ready", slice, |l| {
+                if let Some(s) = exit_status_of(l) {
+                    exit = Some(s);
+                    return true;
+                }
+                l.starts_with(PREFIX) && matches!(Record::parse(l), Ok(Record::Ready { .. }))
+            });
+            match res {
+                Err(ConsoleError::Timeout { .. })
+                    if Instant::now() < deadline && self.host_trouble().is_none() => {}
+                Err(ConsoleError::Timeout { what, tail, .. }) => {
+                    break Err(ConsoleError::Timeout {
+                        console: self.console.name().to_string(),
+                        what,
+                        waited: timeout,
+                        tail,
+                    })
+                }
+                other => break other,
             }
-            l.starts_with(PREFIX) && matches!(Record::parse(l), Ok(Record::Ready { .. }))
-        });
+        };
         match (res, exit) {
             (Ok(_), Some(status)) => {
                 self.exit_status = Some(status);
