@@ -525,10 +525,84 @@ fn memtide_pair(host: &KvmHost, memtide: &str) -> Result<Pair, String> {
     if out.text().contains("had not finished") {
         return Err(format!("memtide A did not plug 1 GiB: {}", out.text()));
     }
+    let mut a = a;
+    describe_guest(host, "memtide", &mut a);
     Ok(Pair {
         guests: vec![a],
         holder: 0,
     })
+}
+
+/// What each VMM's guest A runs on, by VMM: clocksource and CPU flags (printed at the end so
+/// a reader sees the guests compare like with like).
+static GUEST_PLATFORMS: std::sync::Mutex<BTreeMap<String, (String, Vec<String>)>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// Records `g`'s clocksource and CPU flags under `vmm`, and prints how much of its VMM's
+/// memory in the host is on huge pages.
+fn describe_guest(host: &KvmHost, vmm: &str, g: &mut Guest) {
+    if let Some(pgid) = g.vmm_pid() {
+        let rollup = host.run(
+            &format!(
+                "for p in $(ps -o pid,pgid | awk '$2=={pgid} {{print $1}}'); do \
+                 grep -E '^(Rss|AnonHugePages|ShmemPmdMapped):' /proc/$p/smaps_rollup \
+                 2>/dev/null | tr -s ' \\n' ' '; echo; done"
+            ),
+            Duration::from_secs(20),
+        );
+        if let Ok(out) = rollup {
+            for l in out.lines.iter().filter(|l| l.contains("Rss")) {
+                say(&format!(
+                    "bench: {vmm}'s VMM process in the host: {}",
+                    l.trim()
+                ));
+            }
+        }
+    }
+    let out = g.sh(
+        "cat /sys/devices/system/clocksource/clocksource0/current_clocksource; \
+         grep -m1 '^flags' /proc/cpuinfo",
+    );
+    let Ok(lines) = out else {
+        say(&format!("bench: cannot describe {vmm}'s guest: {out:?}"));
+        return;
+    };
+    let clock = lines.first().cloned().unwrap_or_default();
+    let flags: Vec<String> = lines
+        .iter()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == "flags"))
+        .map(|(_, v)| v.split_whitespace().map(String::from).collect())
+        .unwrap_or_default();
+    GUEST_PLATFORMS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(vmm.to_string(), (clock, flags));
+}
+
+/// Prints the guests' platforms and the CPU flags only one VMM's guest has.
+fn print_guest_platforms() {
+    let platforms = GUEST_PLATFORMS.lock().unwrap_or_else(|p| p.into_inner());
+    for (vmm, (clock, flags)) in platforms.iter() {
+        let others: std::collections::BTreeSet<&String> = platforms
+            .iter()
+            .filter(|(v, _)| *v != vmm)
+            .flat_map(|(_, (_, f))| f)
+            .collect();
+        let only: Vec<&str> = flags
+            .iter()
+            .filter(|f| !others.contains(f))
+            .map(String::as_str)
+            .collect();
+        say(&format!(
+            "bench result:   {vmm}'s guest: clocksource {clock}, {} CPU flags, only here: {}",
+            flags.len(),
+            if only.is_empty() {
+                "none".to_string()
+            } else {
+                only.join(" ")
+            }
+        ));
+    }
 }
 
 /// QEMU's QMP sockets of the pair.
@@ -555,6 +629,9 @@ fn qemu_pair(host: &KvmHost, probe: &str) -> Result<Pair, String> {
             sock,
             &argv,
         )?);
+    }
+    if let Some(a) = guests.first_mut() {
+        describe_guest(host, "qemu", a);
     }
     probe_result(
         host,
@@ -929,6 +1006,7 @@ fn main() {
             mem.med(v, "grow")
         ));
     }
+    print_guest_platforms();
     let ratio = mem.med(m, "total") / mem.med(q, "total");
     say(&format!(
         "bench result:   memtide / qemu end-to-end ratio {ratio:.2} (target <= 1: {})",

@@ -216,7 +216,13 @@ fn check_point(
             .iter()
             .find(|v| v.id == *id)
             .unwrap_or_else(|| panic!("{label}: VM {id} is gone"));
-        assert_eq!(v.state, VmState::Running, "{label}: {id} did not crash");
+        assert_eq!(
+            v.state,
+            VmState::Running,
+            "{label}: {id} did not crash (exit reason {:?}; its console's last lines:\n{})",
+            v.exit_reason,
+            guests[i].console().tail()
+        );
         assert_eq!(
             guests[i].verify()?,
             held[i],
