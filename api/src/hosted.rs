@@ -130,6 +130,7 @@ pub fn vm_body(
         numa,
         kernelcore: None,
         movablecore: None,
+        cpu_template: None,
         console: Some(console.into()),
         console_socket: None,
         balloon: None,

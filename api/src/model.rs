@@ -113,6 +113,9 @@ pub struct CreateVmBody {
     /// The guest kernel's movablecore=.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub movablecore: Option<String>,
+    /// CPUID features the guest sees: "host" (default, all KVM supports) or "x86-64-v2".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_template: Option<String>,
     /// Serial console file, an absolute path (default: the service's console dir).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console: Option<String>,
@@ -247,6 +250,11 @@ impl CreateVmBody {
         config.numa = numa;
         config.guest_kernelcore = self.kernelcore;
         config.guest_movablecore = self.movablecore;
+        if let Some(t) = &self.cpu_template {
+            config.cpu_template = t
+                .parse()
+                .map_err(|e| BodyError(format!("cpu_template: {e}")))?;
+        }
         config.serial_input = false;
         if let Some(p) = console_socket {
             config.serial_output = memtide_vmm::SerialOutput::Socket(p);
@@ -412,5 +420,26 @@ mod tests {
         assert!(serde_json::from_str::<CreateVmBody>(r#"{"kernel":"/k","colour":1}"#).is_err());
         let rel: CreateVmBody = serde_json::from_str(r#"{"kernel":"k"}"#).expect("parses");
         assert!(rel.into_verb().is_err());
+    }
+
+    #[test]
+    fn cpu_template_is_host_unless_named_and_unknown_names_are_refused() {
+        let body = |t: &str| -> CreateVmBody {
+            serde_json::from_str(&format!(r#"{{"kernel":"/k"{t}}}"#)).expect("parses")
+        };
+        let v = body("").into_verb().expect("verb");
+        assert_eq!(v.config.cpu_template, memtide_vmm::CpuTemplate::Host);
+        let v = body(r#","cpu_template":"x86-64-v2""#)
+            .into_verb()
+            .expect("verb");
+        assert_eq!(v.config.cpu_template, memtide_vmm::CpuTemplate::X86_64V2);
+        let e = body(r#","cpu_template":"pentium""#)
+            .into_verb()
+            .expect_err("unknown");
+        assert!(
+            e.0.contains("cpu_template") && e.0.contains("pentium"),
+            "{}",
+            e.0
+        );
     }
 }

@@ -36,6 +36,7 @@ fn vm(id: &str, memory: u64, hotplug: u64) -> CreateVmBody {
         }],
         kernelcore: None,
         movablecore: None,
+        cpu_template: None,
         console: None,
         console_socket: None,
         balloon: None,

@@ -21,7 +21,14 @@ struct Scenario {
     node_mib: Vec<u64>,
     /// The guest's cpulist of each node.
     node_cpus: &'static [&'static str],
+    /// CPU flags the guest must show, and must not (its CPU template).
+    flags: (&'static [&'static str], &'static [&'static str]),
 }
+
+/// What every guest shows, whatever its template: x86-64-v2.
+const V2_FLAGS: &[&str] = &["sse4_2", "popcnt", "cx16", "ssse3"];
+/// What `--cpu-template x86-64-v2` hides (the host's KVM offers them here).
+const ABOVE_V2: &[&str] = &["xsave", "avx", "avx2", "fma", "pku"];
 
 fn boot_and_check(host: &KvmHost, memtide: &str, s: &Scenario, t: &mut Timeline) -> Result<()> {
     let argv = run_argv(host, memtide, s.args);
@@ -97,6 +104,23 @@ fn boot_and_check(host: &KvmHost, memtide: &str, s: &Scenario, t: &mut Timeline)
         format!("0-{}", s.vcpus - 1)
     };
     assert_eq!(online, vec![want], "{}: online CPUs", s.label);
+    let flags = guest.sh("grep -m1 '^flags' /proc/cpuinfo")?;
+    let flags: Vec<&str> = flags
+        .first()
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, f)| f.split_whitespace().collect())
+        .unwrap_or_default();
+    let (present, absent) = s.flags;
+    for f in present {
+        assert!(flags.contains(f), "{}: CPU flag {f} in {flags:?}", s.label);
+    }
+    for f in absent {
+        assert!(
+            !flags.contains(f),
+            "{}: no CPU flag {f} in {flags:?}",
+            s.label
+        );
+    }
     for (n, want) in s.nodes.iter().zip(s.node_cpus) {
         let cpus = guest.sh(&format!("cat /sys/devices/system/node/node{n}/cpulist"))?;
         let got = cpus
@@ -233,6 +257,13 @@ fn bad_configs(host: &KvmHost, memtide: &str) -> Result<()> {
             ),
             "host node 7, which does not exist",
         ),
+        (
+            format!(
+                "{memtide} run --kernel {k} --initrd {i} --memory 512M --no-stdin \
+                 --cpu-template x86-64-v9"
+            ),
+            "unknown CPU template \"x86-64-v9\"",
+        ),
     ];
     for (cmd, msg) in cases {
         let out = host.run(&format!("{cmd} 2>&1"), Duration::from_secs(30))?;
@@ -279,14 +310,23 @@ fn memtide_boots_the_guest_image_with_smp_and_numa_on_a_fresh_host() {
             nodes: vec![0],
             node_mib: vec![512],
             node_cpus: &["0"],
+            flags: (&["sse4_2", "xsave"], &[]),
         },
         Scenario {
             label: "4cpu-1node",
-            args: &["--vcpus", "4", "--memory", "512M"],
+            args: &[
+                "--vcpus",
+                "4",
+                "--memory",
+                "512M",
+                "--cpu-template",
+                "x86-64-v2",
+            ],
             vcpus: 4,
             nodes: vec![0],
             node_mib: vec![512],
             node_cpus: &["0-3"],
+            flags: (V2_FLAGS, ABOVE_V2),
         },
         Scenario {
             label: "1cpu-2nodes",
@@ -303,6 +343,7 @@ fn memtide_boots_the_guest_image_with_smp_and_numa_on_a_fresh_host() {
             nodes: vec![0, 1],
             node_mib: vec![256, 256],
             node_cpus: &["0", ""],
+            flags: (V2_FLAGS, &[]),
         },
         Scenario {
             label: "4cpu-2nodes",
@@ -318,6 +359,7 @@ fn memtide_boots_the_guest_image_with_smp_and_numa_on_a_fresh_host() {
             nodes: vec![0, 1],
             node_mib: vec![384, 256],
             node_cpus: &["0-1", "2-3"],
+            flags: (V2_FLAGS, &[]),
         },
     ];
     for s in &scenarios {

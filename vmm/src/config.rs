@@ -224,6 +224,8 @@ pub struct VmConfig {
     /// Block size of the virtio-mem devices (default [`crate::hotplug::DEFAULT_BLOCK_SIZE`],
     /// a power of two from 2 MiB to 1 GiB).
     pub hotplug_block_size: u64,
+    /// Which CPUID features the guest sees (default: all KVM supports).
+    pub cpu_template: crate::cpu::template::CpuTemplate,
 }
 
 impl VmConfig {
@@ -242,6 +244,7 @@ impl VmConfig {
             serial_input: true,
             balloon: Some(crate::balloon::default_balloon_config()),
             hotplug_block_size: crate::hotplug::DEFAULT_BLOCK_SIZE,
+            cpu_template: crate::cpu::template::CpuTemplate::Host,
         }
     }
 

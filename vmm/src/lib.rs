@@ -25,5 +25,6 @@ pub mod vm;
 pub mod zones;
 
 pub use config::{NumaNodeConfig, SerialOutput, VmConfig};
+pub use cpu::template::CpuTemplate;
 pub use exit::ExitReason;
 pub use vm::{Console, Vm, VmError};

@@ -529,10 +529,11 @@ impl Prepared {
             }
             let bus = Arc::new(bus);
             vcpu::install_kick_handler()?;
-            let base_cpuid = self
+            let mut base_cpuid = self
                 .kvm
                 .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
                 .map_err(|e| VmError::KvmIoctl("KVM_GET_SUPPORTED_CPUID", e))?;
+            config.cpu_template.apply(&mut base_cpuid);
             let tsc_deadline = self.kvm.check_extension(Cap::TscDeadlineTimer);
             let mut vcpus = Vec::new();
             for &id in topo.apic_ids() {

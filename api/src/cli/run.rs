@@ -3,7 +3,8 @@
 //! ```text
 //! memtide run [--kernel K] [--initrd I] [--cmdline ARGS] [--vcpus N] [--memory SIZE]
 //!             [--numa guest_numa_id=0,cpus=[0-1],memory=512M,host_numa_id=0,hotplug_size=1G]...
-//!             [--kernelcore SPEC] [--movablecore SPEC] [--serial-file PATH]
+//!             [--kernelcore SPEC] [--movablecore SPEC] [--cpu-template host|x86-64-v2]
+//!             [--serial-file PATH]
 //! ```
 //!
 //! Without `--kernel` the guest image (`memtide image build`) is used: found in the cache
@@ -46,6 +47,10 @@ pub struct RunArgs {
     /// The guest kernel's movablecore= argument.
     #[arg(long, value_name = "SPEC")]
     pub movablecore: Option<String>,
+    /// CPUID features the guest sees: `host` (all KVM supports) or `x86-64-v2` (no XSAVE,
+    /// AVX or anything needing them).
+    #[arg(long, value_name = "NAME", default_value = "host")]
+    pub cpu_template: memtide_vmm::CpuTemplate,
     /// Write the serial console to this file instead of stdout.
     #[arg(long, value_name = "PATH", conflicts_with = "serial_socket")]
     pub serial_file: Option<PathBuf>,
@@ -146,6 +151,7 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, ArgsError> {
     c.numa = numa;
     c.guest_kernelcore = args.kernelcore.clone();
     c.guest_movablecore = args.movablecore.clone();
+    c.cpu_template = args.cpu_template;
     if let Some(f) = &args.serial_file {
         c.serial_output = SerialOutput::File(f.clone());
     }

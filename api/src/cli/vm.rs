@@ -352,6 +352,8 @@ pub fn create_body(args: &CreateArgs) -> Result<CreateVmBody, ArgsError> {
             .collect(),
         kernelcore: c.guest_kernelcore.clone(),
         movablecore: c.guest_movablecore.clone(),
+        cpu_template: (c.cpu_template != memtide_vmm::CpuTemplate::Host)
+            .then(|| c.cpu_template.to_string()),
         console: match &c.serial_output {
             SerialOutput::File(p) => Some(absolute_path(p)),
             _ => None,

@@ -55,6 +55,11 @@ pub struct NodeInfo {
     pub block_size: u64,
 }
 
+/// The CPU template of a VM whose info does not name one (an older memtide's).
+fn host_template() -> String {
+    crate::CpuTemplate::Host.to_string()
+}
+
 /// A VM as the API reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,6 +88,9 @@ pub struct VmInfo {
     pub kernelcore: Option<String>,
     /// The guest's movablecore=.
     pub movablecore: Option<String>,
+    /// The CPU template: `host` or `x86-64-v2` (see [`crate::CpuTemplate`]).
+    #[serde(default = "host_template")]
+    pub cpu_template: String,
     /// Where the serial console goes (a file), if not the service's stdout.
     pub console: Option<String>,
     /// The Unix socket the serial console listens on (`memtide vm console` attaches to it).

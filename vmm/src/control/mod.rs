@@ -229,6 +229,7 @@ impl VmSlot {
             cmdline: self.config.cmdline.clone(),
             kernelcore: self.config.guest_kernelcore.clone(),
             movablecore: self.config.guest_movablecore.clone(),
+            cpu_template: self.config.cpu_template.to_string(),
             console: self.console.as_ref().map(path),
             console_socket: match &self.config.serial_output {
                 SerialOutput::Socket(p) => Some(path(p)),
