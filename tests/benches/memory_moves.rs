@@ -21,7 +21,9 @@
 //! over memtide's), so the host's serial line adds nothing to either side.
 //!
 //! `cargo bench -p memtide-testbed --bench memory_moves` (`MEMTIDE_BENCH_ROUNDS`: moves per
-//! VMM, default 4; `MEMTIDE_BENCH_BALLOON_ROUNDS`: default 2; about 12 minutes here). A round
+//! VMM, default 4; `MEMTIDE_BENCH_BALLOON_ROUNDS`: default 2, 0 skips it;
+//! `MEMTIDE_BENCH_CPU_TEMPLATE`: memtide's guest CPU template, default `x86-64-v2`; about 12
+//! minutes here). A round
 //! that fails (dead guest, timeout) is reported and skipped; its guests are booted again for
 //! the next rounds, and a dead host too. The balloon runs in a fresh host.
 
@@ -957,12 +959,13 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-fn env_rounds(name: &str, default: usize) -> usize {
+/// A round count from the environment, at least `min`.
+fn env_rounds(name: &str, default: usize, min: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
-        .max(1)
+        .max(min)
 }
 
 fn main() {
@@ -970,8 +973,9 @@ fn main() {
     if args.get(1).map(String::as_str) == Some(PROBE) {
         std::process::exit(probe::main(&args[2..]));
     }
-    let rounds = env_rounds("MEMTIDE_BENCH_ROUNDS", 4);
-    let balloon_rounds = env_rounds("MEMTIDE_BENCH_BALLOON_ROUNDS", 2);
+    let rounds = env_rounds("MEMTIDE_BENCH_ROUNDS", 4, 1);
+    // 0 skips the balloon benchmark.
+    let balloon_rounds = env_rounds("MEMTIDE_BENCH_BALLOON_ROUNDS", 2, 0);
     let started = Instant::now();
     let load0 = loadavg();
     let memtide_local = memtide_binary_with(true);
@@ -995,9 +999,13 @@ fn main() {
     let mem = virtio_mem_moves(&mut bed, rounds);
     // A fresh host for the balloon (hosts that ran several guests are the ones that panic),
     // with room for two 1536 MiB guests that touch 1 GiB each.
-    bed.cfg.nodes_mib = vec![3072, 3072];
-    bed.fresh("for the balloon benchmark");
-    let bal = balloon_moves(&mut bed, balloon_rounds);
+    let bal = if balloon_rounds > 0 {
+        bed.cfg.nodes_mib = vec![3072, 3072];
+        bed.fresh("for the balloon benchmark");
+        balloon_moves(&mut bed, balloon_rounds)
+    } else {
+        Outcome::default()
+    };
     bed.shutdown();
     let load1 = loadavg();
 
@@ -1053,6 +1061,19 @@ fn main() {
         mem.med(m, "cli"),
         if share < 0.05 { "met" } else { "NOT met" }
     ));
+    print_balloon(&bal, balloon_rounds);
+    for f in mem.failed.iter().chain(&bal.failed) {
+        say(&format!("bench result: failed round: {f}"));
+    }
+}
+
+/// The balloon benchmark's figures (nothing when it was skipped).
+fn print_balloon(bal: &Outcome, rounds: usize) {
+    let (m, q) = (Vmm::Memtide, Vmm::Qemu);
+    if rounds == 0 {
+        say("bench result: virtio-balloon skipped (MEMTIDE_BENCH_BALLOON_ROUNDS=0)");
+        return;
+    }
     say(&format!(
         "bench result: virtio-balloon 1 GiB in a 1536 MiB guest after a 1 GiB write+free (medians; memtide {} rounds, qemu {} rounds)",
         bal.count(m),
@@ -1073,7 +1094,4 @@ fn main() {
         bal.med(m, "inflate") / bal.med(q, "inflate"),
         bal.med(m, "deflate") / bal.med(q, "deflate")
     ));
-    for f in mem.failed.iter().chain(&bal.failed) {
-        say(&format!("bench result: failed round: {f}"));
-    }
 }
