@@ -1,9 +1,11 @@
-//! virtio-balloon on a real Linux guest (issue 7): `memtide run` with 768 MiB and the REST API
-//! on a socket inside the emulated host. The guest touches most of its memory (agent fill,
-//! then free); inflating by 256 MiB through `memtide vm balloon` lowers the guest's MemTotal
-//! by 256 MiB and memtide's resident shared memory (the memfd pages behind guest RAM) by
-//! about as much; the guest's statistics arrive and follow an agent allocation; deflating
-//! restores MemTotal.
+//! virtio-balloon on a real Linux guest (issue 7): `memtide run` with 768 MiB of boot RAM, a
+//! 512 MiB hot-pluggable range of which 256 MiB is plugged (virtio-mem), and the REST API on a
+//! socket inside the emulated host. The guest touches most of its memory (agent fill, then
+//! free); inflating by 256 MiB through `memtide vm balloon` lowers the guest's MemTotal by 256
+//! MiB and memtide's resident shared memory (the memfd pages behind guest RAM) by about as
+//! much. The guest takes balloon pages from its ZONE_MOVABLE first, which is the plugged
+//! memory: those pages are discarded too (every page the guest gave is ballooned on the host).
+//! The guest's statistics arrive and follow an agent allocation; deflating restores MemTotal.
 //!
 //! The guest is booted with the dead-boot policy (`KvmHost::boot_guest`); wrong results are
 //! never retried.
@@ -59,7 +61,14 @@ fn balloon_inflates_gives_memory_back_and_deflates_on_a_fresh_host() {
     let argv = run_argv(
         &host,
         &memtide,
-        &["--vcpus", "1", "--memory", "768M", "--serve-sock", SOCK],
+        &[
+            "--vcpus",
+            "1",
+            "--numa",
+            "guest_numa_id=0,cpus=0,memory=768M,hotplug_size=512M",
+            "--serve-sock",
+            SOCK,
+        ],
     );
     let mut guest = host
         .boot_guest("balloon", AGENT_TIMEOUT, |_| {
@@ -68,6 +77,22 @@ fn balloon_inflates_gives_memory_back_and_deflates_on_a_fresh_host() {
         })
         .expect("guest boots");
     t.mark("agent ready");
+    let boot_kib = guest.report().expect("report").mem_total_kib;
+    let out = host
+        .check(
+            &format!("{memtide} vm resize run 1024M --wait 120 --api-sock {SOCK} 2>&1"),
+            Duration::from_secs(180),
+        )
+        .expect("plug 256 MiB");
+    say(&format!("plugged 256 MiB: {:?}", out.lines));
+    let plugged_kib =
+        mem_total_when(&mut guest, boot_kib + 256 * 1024, Duration::from_secs(60)).expect("report");
+    assert_eq!(
+        plugged_kib,
+        boot_kib + 256 * 1024,
+        "MemTotal grew by 256 MiB"
+    );
+    t.mark("256 MiB plugged");
     let bound = guest
         .sh("ls /sys/bus/virtio/drivers/virtio_balloon/")
         .expect("sysfs");
@@ -76,10 +101,11 @@ fn balloon_inflates_gives_memory_back_and_deflates_on_a_fresh_host() {
         "virtio_balloon bound a device: {bound:?}"
     );
 
-    // Statistics arrive (every 2 s) and follow an allocation of the agent.
+    // Statistics arrive (every 2 s), count the plugged memory, and follow an allocation of
+    // the agent.
     let b = cli
         .until(&host, Duration::from_secs(30), |b| {
-            num(b, "free-memory").is_some()
+            num(b, "free-memory").is_some() && num(b, "total-memory") == Some(plugged_kib * 1024)
         })
         .expect("balloon");
     let free0 = num(&b, "free-memory").expect("stats arrived");
@@ -102,7 +128,9 @@ fn balloon_inflates_gives_memory_back_and_deflates_on_a_fresh_host() {
     // Touch most of the guest's memory, then give it back to the guest's free lists.
     assert_eq!(guest.fill(560).expect("fill"), 560);
     assert_eq!(guest.free().expect("free"), 560);
-    let m0 = guest.report().expect("report").mem_total_kib;
+    let r0 = guest.report().expect("report");
+    let m0 = r0.mem_total_kib;
+    let movable_free0 = r0.zone(0, "Movable").map_or(0, |z| z.free);
     let rss0 = memtide_shmem(&host).expect("rss");
     say(&format!(
         "before: MemTotal {m0} kB, memtide RssShmem {} MiB",
@@ -121,8 +149,23 @@ fn balloon_inflates_gives_memory_back_and_deflates_on_a_fresh_host() {
         start.elapsed().as_secs_f64()
     ));
     assert_eq!(num(&b, "actual_bytes"), Some(256 * MIB), "{b}");
+    // Every page the guest gave was discarded on the host, plugged memory's too.
     assert_eq!(num(&b, "ballooned_bytes"), Some(256 * MIB), "{b}");
+    assert_eq!(num(&b, "invalid_pfns"), Some(0), "no page refused: {b}");
     t.mark("inflated");
+    let movable_free1 = guest
+        .report()
+        .expect("report")
+        .zone(0, "Movable")
+        .map_or(0, |z| z.free);
+    say(&format!(
+        "guest ZONE_MOVABLE (plugged memory) free pages {movable_free0} -> {movable_free1}"
+    ));
+    assert!(
+        movable_free0.saturating_sub(movable_free1) >= 64 * 256,
+        "the balloon took at least 64 MiB of plugged memory: free {movable_free0} -> \
+         {movable_free1} pages"
+    );
     let m1 = mem_total_when(&mut guest, m0 - 256 * 1024, Duration::from_secs(30)).expect("report");
     assert_eq!(m0 - m1, 256 * 1024, "MemTotal dropped by 256 MiB");
     let rss1 = memtide_shmem(&host).expect("rss");

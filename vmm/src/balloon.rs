@@ -92,19 +92,26 @@ fn in_ranges(ram: &[(u64, u64)], range: GuestRange) -> bool {
 
 impl VmBalloon {
     /// Attaches the balloon of `config` to the VM of `vm` (irqchip created). `boot` is the
-    /// boot RAM (the only memory the balloon discards); `mem` is all guest memory the driver
-    /// may put its queues in (boot RAM plus virtio-mem regions).
+    /// boot RAM; `mem` is all guest memory the driver may put its queues in (boot RAM plus
+    /// virtio-mem regions). The balloon discards pages of boot RAM and, through `plugged`
+    /// (the VM's [`crate::hotplug::VmHotplug::plugged_check`]), of plugged virtio-mem
+    /// blocks: a guest's movable allocations, balloon pages included, come from its
+    /// ZONE_MOVABLE first, which is where plugged memory is onlined.
     pub fn attach(
         vm: &VmFd,
         boot: &GuestMemory,
         mem: &GuestMemory,
         config: VirtioBalloonConfig,
+        plugged: Option<crate::hotplug::PluggedCheck>,
     ) -> Result<Self, AttachError> {
         let ram: Vec<(u64, u64)> = boot.iter().map(|r| (r.start_addr().0, r.len())).collect();
         let guest_ram = ram.iter().map(|&(_, len)| len).sum();
         let backend = HostMappingBackend::with_check(
             mem.clone(),
-            Box::new(move |range| in_ranges(&ram, range)),
+            Box::new(move |range| {
+                in_ranges(&ram, range)
+                    || plugged.as_ref().is_some_and(|p| p(range.addr.0, range.len))
+            }),
         );
         let mut attached = attach(
             vm,
@@ -252,7 +259,8 @@ mod tests {
         let vm = vm();
         let boot = memory(&[(0, 64 << 20)]);
         let all = memory(&[(0, 64 << 20), (1 << 32, 16 << 20)]);
-        let b = VmBalloon::attach(&vm, &boot, &all, default_balloon_config()).expect("attached");
+        let b =
+            VmBalloon::attach(&vm, &boot, &all, default_balloon_config(), None).expect("attached");
         assert_eq!(b.guest_ram(), 64 << 20);
         let mut word = [0u8; 4];
         assert!(MmioHandler::read(&b, BALLOON_BASE, &mut word));
@@ -294,7 +302,7 @@ mod tests {
         let vm = vm();
         let boot = memory(&[(0, 16 << 20)]);
         let b = Arc::new(
-            VmBalloon::attach(&vm, &boot, &boot, VirtioBalloonConfig::default()).expect("b"),
+            VmBalloon::attach(&vm, &boot, &boot, VirtioBalloonConfig::default(), None).expect("b"),
         );
         let mut router = MmioRouter::default();
         assert!(router.is_empty());

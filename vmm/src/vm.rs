@@ -476,7 +476,8 @@ impl Prepared {
             let balloon = match config.balloon {
                 Some(c) => {
                     let all = hotplug.as_ref().map_or(mem, |h| h.memory());
-                    Some(Arc::new(VmBalloon::attach(&vm, mem, all, c)?))
+                    let plugged = hotplug.as_ref().map(|h| h.plugged_check());
+                    Some(Arc::new(VmBalloon::attach(&vm, mem, all, c, plugged)?))
                 }
                 None => None,
             };

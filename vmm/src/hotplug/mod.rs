@@ -84,6 +84,9 @@ pub enum HotplugError {
     Notify(#[from] NotifyError),
 }
 
+/// Whether guest range `(addr, len)` lies wholly in plugged blocks ([`VmHotplug::plugged_check`]).
+pub type PluggedCheck = Box<dyn Fn(u64, u64) -> bool + Send + Sync>;
+
 /// One wired device.
 struct Attached {
     guest_node: u32,
@@ -239,6 +242,22 @@ impl VmHotplug {
     /// Guest memory with the device regions (boot RAM plus every region).
     pub fn memory(&self) -> &GuestMemory {
         &self.memory
+    }
+
+    /// Whether a guest range lies wholly in plugged virtio-mem blocks (`(addr, len)`), for
+    /// the balloon: such pages are memfd memory the VMM maps, which it may discard like boot
+    /// RAM. Shares the devices; each call locks the one device whose region holds `addr`.
+    pub fn plugged_check(&self) -> PluggedCheck {
+        let devices: Vec<SharedMemDevice<PoolMemoryBackend>> =
+            self.devices.iter().map(|d| d.transport.clone()).collect();
+        Box::new(move |addr, len| {
+            devices.iter().any(|t| {
+                t.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .device()
+                    .range_plugged(addr, len)
+            })
+        })
     }
 
     /// The devices for the control plane.

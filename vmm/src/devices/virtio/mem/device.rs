@@ -569,6 +569,22 @@ impl<B: MemoryBackend> VirtioMem<B> {
         false
     }
 
+    /// Whether all of `addr..addr+len` (non-empty) lies in plugged blocks of the device
+    /// region: guest RAM the VMM has mapped (the balloon discards such pages too).
+    pub fn range_plugged(&self, addr: u64, len: u64) -> bool {
+        let Some(end) = addr.checked_add(len) else {
+            return false;
+        };
+        let region_end = self.region.addr + self.region_size;
+        if len == 0 || addr < self.region.addr || end > region_end {
+            return false;
+        }
+        let bs = self.region.block_size;
+        let first = ((addr - self.region.addr) / bs) as usize;
+        let last = ((end - 1 - self.region.addr) / bs) as usize;
+        self.plugged.count_range(first, last - first + 1) == last - first + 1
+    }
+
     /// Whether `addr..addr+len` touches a block of the device region that is not plugged
     /// (and therefore not mapped: the VMM must not read or write it).
     fn touches_unplugged(&self, addr: u64, len: u32) -> bool {

@@ -293,6 +293,27 @@ fn plug_unplug_state_sequence() {
         d.plugged_ranges(),
         vec![(GuestAddress(blk(0)), BS), (GuestAddress(blk(4)), 2 * BS)]
     );
+    // What the balloon may discard: ranges wholly inside plugged blocks.
+    assert!(d.range_plugged(blk(0), BS));
+    assert!(d.range_plugged(blk(0) + 4096, 4096));
+    assert!(
+        d.range_plugged(blk(4), 2 * BS),
+        "two adjacent plugged blocks"
+    );
+    assert!(
+        !d.range_plugged(blk(0), BS + 4096),
+        "runs into unplugged block 1"
+    );
+    assert!(
+        !d.range_plugged(blk(3) + BS - 4096, 8192),
+        "starts in unplugged block 3"
+    );
+    assert!(!d.range_plugged(blk(0), 0), "empty");
+    assert!(
+        !d.range_plugged(blk(0) - 4096, 8192),
+        "starts below the region"
+    );
+    assert!(!d.range_plugged(u64::MAX - 4095, 4096), "beyond everything");
     // Unplug works whatever requested_size says.
     d.set_requested_size(0).expect("valid");
     assert_eq!(d.handle_request(unplug(blk(4), 2)), Response::Ack);
