@@ -173,6 +173,24 @@ fn settle(c: &Client, wait: Duration) -> Result<(Vec<VmInfo>, bool)> {
     }
 }
 
+/// What the service says of its VMs (state, exit reason) and its log's last lines, for a
+/// failure message.
+fn service_state(host: &KvmHost, c: &Client) -> String {
+    let vms = match c.list_vms() {
+        Ok(vms) => vms
+            .iter()
+            .map(|v| format!("{} {:?} exit {:?}", v.id, v.state, v.exit_reason))
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(e) => format!("cannot list VMs: {e}"),
+    };
+    let log = host
+        .run("tail -n 30 /tmp/serve.log", Duration::from_secs(20))
+        .map(|o| o.text())
+        .unwrap_or_else(|e| format!("cannot read the service log: {e}"));
+    format!("VMs: {vms}\nmemtide serve's log:\n{log}")
+}
+
 /// The checks of a settle point (see the module docs); `held` is each guest's pattern MiB.
 fn check_point(
     c: &Client,
@@ -349,7 +367,7 @@ fn random_resizes_across_three_guests_keep_the_pool_exact_on_a_fresh_host() {
                 &format!("after step {n}"),
                 Duration::from_secs(60),
             )
-            .expect("checks");
+            .unwrap_or_else(|e| panic!("checks: {e}\n{}", service_state(&host, c)));
             for (i, g) in guests.iter_mut().enumerate() {
                 held[i] = g.fill(4).expect("fill");
             }
