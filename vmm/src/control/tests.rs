@@ -249,8 +249,9 @@ fn growth_beyond_the_pool_is_refused() {
     assert_eq!(p.vm_info("a").expect("a").nodes[0].requested, 0);
 }
 
-#[test]
-fn partial_shrink_reports_what_moved() {
+/// A plane whose fake guests keep the bytes in the returned counter plugged (memory in use),
+/// with VMs a and b (64 MiB boot, 256 MiB hot-pluggable each), a grown by 128 MiB.
+fn plane_with_pinned_memory() -> (ControlPlane, Arc<std::sync::atomic::AtomicU64>) {
     let pinned = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let cfg = PlaneConfig {
         nodes: Some(vec![(0, 1 << 30)]),
@@ -271,6 +272,12 @@ fn partial_shrink_reports_what_moved() {
         wait_secs: 1,
     })
     .expect("grow");
+    (p, pinned)
+}
+
+#[test]
+fn partial_shrink_reports_what_moved() {
+    let (p, pinned) = plane_with_pinned_memory();
     // The fake guest keeps 100 MiB plugged (memory in use): only 28 MiB can move.
     pinned.store(100 * M, std::sync::atomic::Ordering::SeqCst);
     let m = p
@@ -292,26 +299,7 @@ fn partial_shrink_reports_what_moved() {
 
 #[test]
 fn rebalance_grows_the_target_as_the_source_gives_back() {
-    let pinned = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let cfg = PlaneConfig {
-        nodes: Some(vec![(0, 1 << 30)]),
-        movablecore: Some("50%".into()),
-        ..PlaneConfig::default()
-    };
-    let launcher = FakeLauncher {
-        hotplug: true,
-        pinned: pinned.clone(),
-    };
-    let p = ControlPlane::new(&cfg, Box::new(launcher)).expect("plane");
-    create(&p, "a", 64 * M, 256 * M).expect("a");
-    create(&p, "b", 64 * M, 256 * M).expect("b");
-    p.resize(&ResizeVm {
-        id: "a".into(),
-        node: None,
-        size: 64 * M + 128 * M,
-        wait_secs: 1,
-    })
-    .expect("grow");
+    let (p, pinned) = plane_with_pinned_memory();
     // A's guest gives back 28 MiB at once and holds the other 100 MiB until unpinned.
     pinned.store(100 * M, std::sync::atomic::Ordering::SeqCst);
     let m = std::thread::scope(|scope| {
