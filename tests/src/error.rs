@@ -152,6 +152,32 @@ impl Error {
         }
     }
 
+    /// Records that a running guest reset itself with nothing on its console (no panic, no
+    /// oops: a triple fault), which the emulated host's nested SVM does now and then
+    /// (KVM-HOST.md): like a dead host, it lets [`crate::retry::rerun_on_host_death`] run the
+    /// test once more. A VMM error, a panic in the guest or any wrong result is not this.
+    pub fn note_silent_guest_reset(label: &str) {
+        crate::timing::say(&format!(
+            "guest {label} reset itself with no panic or oops on its console (the emulated \
+             host's nested SVM does this now and then; KVM-HOST.md)"
+        ));
+        UNANSWERED_HOST_DEATH.set(true);
+    }
+
+    /// Whether a guest console's last lines show the guest kernel failing (a panic, an oops,
+    /// a BUG): then a reset is the guest's own failure, not the environment's.
+    pub fn console_shows_guest_failure(tail: &str) -> bool {
+        [
+            "Kernel panic",
+            "Oops",
+            "BUG:",
+            "general protection fault",
+            "Call Trace",
+        ]
+        .iter()
+        .any(|k| tail.contains(k))
+    }
+
     /// Takes the record of an unanswered host death (a retry is about to answer it).
     pub(crate) fn take_host_death() -> bool {
         UNANSWERED_HOST_DEATH.replace(false)

@@ -76,9 +76,10 @@ pub fn retry_boot_at_most<T>(
 
 /// Runs a whole test scenario that starts its own emulated host (`scenario(run)`, run counts
 /// from 1) and, when it fails (panics or errs) after the harness found that host dead (QEMU
-/// exited, or the host stopped beating: [`Error::host_died`]) with no retry answering it, runs
-/// it once more on a fresh host, saying so: a host that dies mid-test is a dead boot, not a
-/// result. A scenario that fails while its host lives fails at once (never retried).
+/// exited, or the host stopped beating: [`Error::host_died`]) with no retry answering it, or
+/// after the test saw a guest reset itself silently ([`Error::note_silent_guest_reset`]),
+/// runs it once more on a fresh host, saying so: the environment failing mid-test is a dead
+/// boot, not a result. A scenario that fails otherwise fails at once (never retried).
 pub fn rerun_on_host_death<T>(what: &str, mut scenario: impl FnMut(u32) -> T) -> T {
     let mut run = 1;
     loop {
@@ -247,6 +248,25 @@ mod tests {
         }));
         assert!(r.is_err());
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_silent_guest_reset_reruns_the_scenario_and_a_panicking_guest_is_told_apart() {
+        let mut runs = 0;
+        rerun_on_host_death("t", |run| {
+            runs += 1;
+            if run == 1 {
+                Error::note_silent_guest_reset("g");
+                panic!("g did not crash");
+            }
+        });
+        assert_eq!(runs, 2);
+        assert!(Error::console_shows_guest_failure(
+            "  | [ 1.0] Kernel panic - not syncing: Attempted to kill init!"
+        ));
+        assert!(!Error::console_shows_guest_failure(
+            "  | AGENT filled mib=4 seed=7 total_mib=56\n  | @@MEMTIDE-VMM-EXIT 0"
+        ));
     }
 
     #[test]

@@ -234,6 +234,12 @@ fn check_point(
             .iter()
             .find(|v| v.id == *id)
             .unwrap_or_else(|| panic!("{label}: VM {id} is gone"));
+        if v.state == VmState::Stopped
+            && v.exit_reason.as_deref() == Some("reset")
+            && !memtide_testbed::Error::console_shows_guest_failure(&guests[i].console().tail())
+        {
+            memtide_testbed::Error::note_silent_guest_reset(id);
+        }
         assert_eq!(
             v.state,
             VmState::Running,
