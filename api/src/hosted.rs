@@ -15,6 +15,11 @@ use memtide_vmm::control::{VmInfo, VmState};
 use crate::client::{Client, ClientError, Endpoint};
 use crate::model::{CreateVmBody, NumaBody, Size};
 
+/// How long a quick host command (a grep, a tail, a kill) may take: seconds when the host is
+/// idle, but its emulated CPUs may be busy booting guests, and a command without its end
+/// marker fails the test (a host that stopped beating is a dead host either way).
+const HOST_POLL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A `memtide serve` running in a host, and the client that reaches it.
 #[derive(Debug)]
 pub struct HostedService {
@@ -78,7 +83,7 @@ pub fn start_serve(
     );
     if let Err(e) = waited {
         let tail = host
-            .run(&format!("tail -n 20 {log}"), Duration::from_secs(10))
+            .run(&format!("tail -n 20 {log}"), HOST_POLL_TIMEOUT)
             .map(|o| o.text())
             .unwrap_or_default();
         return Err(Error::Config(format!("{e}; {log}:\n{tail}")));
@@ -95,14 +100,14 @@ pub fn start_serve(
 impl HostedService {
     /// Stops the service (SIGTERM: it stops every VM) and waits until its socket is gone.
     pub fn stop(&self, host: &KvmHost, wait: Duration) -> Result<()> {
-        host.check(&format!("kill -TERM {}", self.pid), Duration::from_secs(10))?;
+        host.check(&format!("kill -TERM {}", self.pid), HOST_POLL_TIMEOUT)?;
         wait_until(
             "memtide serve removes its socket",
             wait,
             Duration::from_millis(300),
             || {
                 Ok(host
-                    .run(&format!("test -e {}", self.sock), Duration::from_secs(10))?
+                    .run(&format!("test -e {}", self.sock), HOST_POLL_TIMEOUT)?
                     .status
                     != 0)
             },
@@ -184,7 +189,7 @@ pub fn wait_agent(
     loop {
         let out = host.run(
             &format!("grep -c 'AGENT ready' {console} 2>/dev/null"),
-            Duration::from_secs(10),
+            HOST_POLL_TIMEOUT,
         )?;
         if out.lines.last().is_some_and(|l| l.trim() != "0") {
             say(&format!(
@@ -197,7 +202,7 @@ pub fn wait_agent(
         let dead = v.state == VmState::Stopped;
         if dead || start.elapsed() > timeout {
             let tail = host
-                .run(&format!("tail -n 5 {console}"), Duration::from_secs(10))?
+                .run(&format!("tail -n 5 {console}"), HOST_POLL_TIMEOUT)?
                 .text();
             if !dead {
                 c.vm_verb(&id, "shutdown").map_err(api_error)?;
