@@ -45,7 +45,7 @@ pub const HOST_NET_ADDR: &str = "10.0.2.15";
 pub const READY_MARKER: &str = "MEMTIDE-HOST-READY";
 
 /// Seconds between the host's heartbeats on its console.
-pub const HEARTBEAT_EVERY_S: u32 = 2;
+pub const HEARTBEAT_EVERY_S: u32 = 5;
 
 /// A host silent for longer than this (no heartbeat) is taken for hung. Generous: a host
 /// whose guests keep its emulated CPUs busy still beats every few seconds.
